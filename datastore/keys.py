@@ -1,0 +1,94 @@
+"""The whole etcd key schema of Warren, in one place.
+
+Every key lives under ``/warren/v1/``. Values are JSON documents (see
+:mod:`datastore.codec`). CIDRs appear in keys with ``/`` replaced by ``-``
+(``10.20.10.0/26`` -> ``10.20.10.0-26``) so a CIDR is one path segment.
+
+Layout::
+
+    /warren/v1/pools/<cidr>                    ipam.Pool
+    /warren/v1/ipam/config                     ipam.IpamConfig
+    /warren/v1/ipam/blocks/<cidr>              ipam.Block (the truth for every address in it)
+    /warren/v1/ipam/affinity/<host>/<cidr>     index: blocks a host owns (written with the block)
+    /warren/v1/ipam/handles/<handle>/<ip>      index: addresses a handle holds (written with the block)
+
+Later layers add networks, endpoints, nodes, BGP settings and profiles here,
+and nowhere else.
+"""
+from __future__ import annotations
+
+import re
+
+PREFIX = "/warren/v1/"
+
+POOLS = PREFIX + "pools/"
+IPAM_CONFIG = PREFIX + "ipam/config"
+BLOCKS = PREFIX + "ipam/blocks/"
+AFFINITY = PREFIX + "ipam/affinity/"
+HANDLES = PREFIX + "ipam/handles/"
+
+_SEGMENT = re.compile(r"^[A-Za-z0-9_.:@-]{1,253}$")
+
+
+def segment(value: str, what: str = "name") -> str:
+    """Return ``value`` if it is safe as one key segment, else raise ValueError."""
+    if not isinstance(value, str) or not _SEGMENT.match(value):
+        raise ValueError(
+            f"invalid {what} {value!r}: use 1-253 letters, digits or . _ : @ -")
+    return value
+
+
+def encode_cidr(cidr: str) -> str:
+    return cidr.replace("/", "-")
+
+
+def decode_cidr(encoded: str) -> str:
+    address, _, length = encoded.rpartition("-")
+    return f"{address}/{length}"
+
+
+def last_segment(key: str) -> str:
+    return key.rsplit("/", 1)[-1]
+
+
+def pool(cidr: str) -> str:
+    return POOLS + encode_cidr(cidr)
+
+
+def block(cidr: str) -> str:
+    return BLOCKS + encode_cidr(cidr)
+
+
+def affinity_prefix(host: str) -> str:
+    return AFFINITY + segment(host, "host name") + "/"
+
+
+def affinity(host: str, block_cidr: str) -> str:
+    return affinity_prefix(host) + encode_cidr(block_cidr)
+
+
+def handle_prefix(handle: str) -> str:
+    return HANDLES + segment(handle, "handle") + "/"
+
+
+def handle(handle_id: str, address: str) -> str:
+    return handle_prefix(handle_id) + address
+
+
+def cidr_of(key: str) -> str:
+    """The CIDR named by the last segment of a pool, block or affinity key."""
+    return decode_cidr(last_segment(key))
+
+
+def split_handle_key(key: str) -> tuple[str, str]:
+    """``/warren/v1/ipam/handles/<handle>/<ip>`` -> ``(handle, ip)``."""
+    rest = key[len(HANDLES):]
+    handle_id, _, address = rest.partition("/")
+    return handle_id, address
+
+
+def split_affinity_key(key: str) -> tuple[str, str]:
+    """``/warren/v1/ipam/affinity/<host>/<cidr>`` -> ``(host, cidr)``."""
+    rest = key[len(AFFINITY):]
+    host, _, encoded = rest.partition("/")
+    return host, decode_cidr(encoded)
