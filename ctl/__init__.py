@@ -1,0 +1,1 @@
+"""warrenctl, the command line of Warren."""

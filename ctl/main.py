@@ -1,0 +1,79 @@
+"""warrenctl: the command line (calicoctl v0.x verbs).
+
+Each command group lives in its own module with a ``register(subparsers)``
+function; handlers take ``(args, ctx)`` and return an exit code. Every
+expected failure is one line on stderr and a non-zero exit; ``--debug``
+adds the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+import traceback
+from dataclasses import dataclass
+from functools import cached_property
+
+from datastore import Datastore, DatastoreError, EtcdConfig
+from ipam import IpamError
+
+from . import ipamcmd, pool
+
+
+class CliError(Exception):
+    """A user error found by the CLI itself."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not a usage dump
+        raise CliError(f"{message} (see '{self.prog} --help')")
+
+
+@dataclass
+class Context:
+    endpoints: str | None
+    host: str
+
+    @cached_property
+    def store(self) -> Datastore:
+        return Datastore(EtcdConfig.from_env(endpoints=self.endpoints))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="warrenctl", description="Warren: routed container networking for Docker")
+    parser.add_argument("--etcd-endpoints", metavar="URLS",
+                        help="comma-separated etcd URLs (default: $WARREN_ETCD_ENDPOINTS or http://127.0.0.1:2379)")
+    parser.add_argument("--debug", action="store_true", help="verbose logs and tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=_Parser)
+    pool.register(sub)
+    ipamcmd.register(sub)
+    return parser
+
+
+def default_host() -> str:
+    return os.environ.get("WARREN_NODE_NAME") or socket.gethostname()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    logging.basicConfig(level=logging.DEBUG if debug else logging.CRITICAL,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        args = build_parser().parse_args(argv)
+        ctx = Context(endpoints=args.etcd_endpoints, host=default_host())
+        return args.func(args, ctx)
+    except (CliError, IpamError, DatastoreError, ValueError) as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"warrenctl: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Docker NetworkDriver + IpamDriver (Flask under gunicorn). Built by the plugin issue; empty so far."""
