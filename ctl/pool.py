@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ipam import PoolStore, make_pool
+from ipam.pools import parse_cidr
 
 from .output import as_json, table
 
@@ -50,7 +51,7 @@ def pool_add(args, ctx) -> int:
 def pool_remove(args, ctx) -> int:
     store = PoolStore(ctx.store)
     for cidr in args.cidrs:
-        released = store.remove(str(make_pool(cidr).network), force=args.force)
+        released = store.remove(str(parse_cidr(cidr)), force=args.force)
         extra = f" ({released} allocated addresses released)" if released else ""
         print(f"Removed pool {cidr}{extra}")
     return 0

@@ -8,7 +8,10 @@ back to plain text.
 """
 from __future__ import annotations
 
+import ipaddress
+import math
 import os
+import re
 from dataclasses import dataclass
 from typing import Mapping
 from urllib.parse import urlsplit
@@ -17,6 +20,7 @@ from .errors import ConfigError
 
 DEFAULT_ENDPOINTS = "http://127.0.0.1:2379"
 DEFAULT_TIMEOUT = 5.0
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 
 
 @dataclass(frozen=True)
@@ -43,12 +47,19 @@ def parse_endpoint(text: str) -> Endpoint:
         text = "http://" + text
     try:
         parts = urlsplit(text)
-        port = parts.port or 2379
+        port = 2379 if parts.port is None else parts.port
     except ValueError as exc:
         raise ConfigError(f"invalid etcd endpoint {text!r}: {exc}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(
             f"invalid etcd endpoint {text!r}: expected http(s)://HOST:PORT")
+    try:
+        ipaddress.ip_address(parts.hostname)
+    except ValueError:
+        if not _HOSTNAME.match(parts.hostname):
+            raise ConfigError(f"invalid etcd endpoint {text!r}: bad host name") from None
+    if not 0 < port < 65536:
+        raise ConfigError(f"invalid etcd endpoint {text!r}: port must be 1-65535")
     if parts.path not in ("", "/"):
         raise ConfigError(f"invalid etcd endpoint {text!r}: no path allowed")
     return Endpoint(parts.scheme, parts.hostname, port)
@@ -81,8 +92,8 @@ class EtcdConfig:
         if not self.tls and "https" in schemes:
             raise ConfigError(
                 "https:// endpoints need WARREN_ETCD_CA (the CA that signed etcd's certificate)")
-        if self.timeout <= 0:
-            raise ConfigError("the etcd timeout must be positive")
+        if not (math.isfinite(self.timeout) and self.timeout > 0):
+            raise ConfigError("the etcd timeout must be a positive number of seconds")
 
     @property
     def tls(self) -> bool:

@@ -99,7 +99,7 @@ def make_pool(cidr: str, *, ipip: bool = False, vxlan: bool = False,
     if size < net.prefixlen:
         raise InvalidPool(
             f"pool {net} is smaller than one /{size} block; use a bigger pool or --block-size {net.prefixlen}")
-    if size - net.prefixlen > 62 or net.max_prefixlen - size > 16:
+    if net.max_prefixlen - size > 16:
         raise InvalidPool(
             f"block size /{size} is out of range for {net}: a block must hold at most 65536 "
             f"addresses (/{net.max_prefixlen - 16} or longer)")
