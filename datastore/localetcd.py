@@ -7,6 +7,7 @@ kernel so two instances never collide.
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import shutil
@@ -21,6 +22,12 @@ from .config import EtcdConfig, parse_endpoint
 from .errors import DatastoreError
 
 log = logging.getLogger(__name__)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: ask the kernel to SIGKILL us when the parent dies."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -39,6 +46,9 @@ class LocalEtcd:
     binary: str = "etcd"
     log_path: str | None = None
     extra_args: list[str] = field(default_factory=list)
+    # Kill etcd if the process that started it dies (tests, labs): nothing leaks
+    # even when the test runner itself is killed.
+    die_with_parent: bool = False
     proc: subprocess.Popen | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -69,7 +79,8 @@ class LocalEtcd:
         try:
             self.proc = subprocess.Popen(self.command(), stdout=out,
                                          stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+                                         start_new_session=True,
+                                         preexec_fn=_die_with_parent if self.die_with_parent else None)
         finally:
             if self.log_path:
                 out.close()

@@ -16,7 +16,7 @@ def tmpfs_dir(prefix: str) -> str:
 
 
 def start_etcd(name: str = "test") -> LocalEtcd:
-    return LocalEtcd(tmpfs_dir(f"warren-etcd-{name}-")).start()
+    return LocalEtcd(tmpfs_dir(f"warren-etcd-{name}-"), die_with_parent=True).start()
 
 
 def datastore_for(*servers: LocalEtcd, timeout: float = 2.0) -> Datastore:
