@@ -11,6 +11,8 @@ Layout::
     /warren/v1/ipam/blocks/<cidr>              ipam.Block (the truth for every address in it)
     /warren/v1/ipam/affinity/<host>/<cidr>     index: blocks a host owns (written with the block)
     /warren/v1/ipam/handles/<handle>/<ip>      index: addresses a handle holds (written with the block)
+    /warren/v1/networks/<docker network id>    plugin.Network (Docker never re-sends CreateNetwork)
+    /warren/v1/endpoints/<host>/<endpoint id>  plugin.Endpoint
 
 Later layers add networks, endpoints, nodes, BGP settings and profiles here,
 and nowhere else.
@@ -26,6 +28,8 @@ IPAM_CONFIG = PREFIX + "ipam/config"
 BLOCKS = PREFIX + "ipam/blocks/"
 AFFINITY = PREFIX + "ipam/affinity/"
 HANDLES = PREFIX + "ipam/handles/"
+NETWORKS = PREFIX + "networks/"
+ENDPOINTS = PREFIX + "endpoints/"
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9_.:@-]{1,253}$")
 
@@ -92,3 +96,15 @@ def split_affinity_key(key: str) -> tuple[str, str]:
     rest = key[len(AFFINITY):]
     host, _, encoded = rest.partition("/")
     return host, decode_cidr(encoded)
+
+
+def network(network_id: str) -> str:
+    return NETWORKS + segment(network_id, "network id")
+
+
+def endpoint_prefix(host: str) -> str:
+    return ENDPOINTS + segment(host, "host name") + "/"
+
+
+def endpoint(host: str, endpoint_id: str) -> str:
+    return endpoint_prefix(host) + segment(endpoint_id, "endpoint id")

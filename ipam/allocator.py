@@ -25,6 +25,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import random
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -71,6 +72,7 @@ class Allocator:
         self._pools: dict[str, PoolEntry] | None = None
         self._affine: dict[str, _BlockEntry] | None = None
         self._config: IpamConfig | None = None
+        self._lock = threading.RLock()  # the caches are shared by a process's threads
 
     # -- public API ---------------------------------------------------------
 
@@ -118,6 +120,10 @@ class Allocator:
     # -- retry loop ---------------------------------------------------------
 
     def _retrying(self, attempt):
+        with self._lock:
+            return self._retry_loop(attempt)
+
+    def _retry_loop(self, attempt):
         for n in range(self.max_retries):
             try:
                 return attempt()

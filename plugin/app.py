@@ -1,0 +1,231 @@
+"""The HTTP face of the plugin: one thin handler per Docker remote-API endpoint.
+
+Docker POSTs JSON without a Content-Type (and an empty body for Activate and
+the capability calls), so bodies are parsed with ``force=True`` and an empty
+body counts as ``{}``. Each handler validates its request, calls one domain
+method (:mod:`plugin.networks`, :mod:`plugin.ipamdriver`) and returns its
+answer. Every failure - for the NetworkDriver *and* the IpamDriver - is HTTP
+500 with ``{"Err": "<one sentence>"}`` (a 200 with ``Err`` would look like
+success to dockerd's IPAM client); unknown URLs are 404, which dockerd reads
+as "not implemented".
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+from flask import Flask, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from datastore import DatastoreError
+from ipam import IpamError
+
+from .dataplane import DataplaneError
+from .errors import PluginError
+from .ipamdriver import ADDRESS_SPACES, IpamDriver
+from .networks import NetworkDriver
+
+log = logging.getLogger(__name__)
+
+MIME = "application/vnd.docker.plugins.v1.2+json"
+USER_ERRORS = (PluginError, IpamError, DatastoreError, DataplaneError, ValueError)
+
+
+# -- request validation ---------------------------------------------------
+
+def _body() -> dict:
+    raw = request.get_data(cache=True)
+    if not raw.strip():
+        return {}
+    data = request.get_json(force=True, silent=True)
+    if not isinstance(data, dict):
+        raise PluginError("the request body is not a JSON object")
+    return data
+
+
+def _str(body: dict, name: str, required: bool = True) -> str:
+    value = body.get(name)
+    if value is None or value == "":
+        if required:
+            raise PluginError(f"missing {name}")
+        return ""
+    if not isinstance(value, str):
+        raise PluginError(f"{name} must be a string")
+    return value
+
+
+def _map(body: dict, name: str) -> dict:
+    value = body.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise PluginError(f"{name} must be a JSON object")
+    return value
+
+
+def _list(body: dict, name: str) -> list:
+    value = body.get(name)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(i, dict) for i in value):
+        raise PluginError(f"{name} must be a list of objects")
+    return value
+
+
+def _id(body: dict, name: str) -> str:
+    value = _str(body, name)
+    if not (0 < len(value) <= 128 and value.isalnum()):
+        raise PluginError(f"{name} must be Docker's hexadecimal id")
+    return value
+
+
+def _string_map(body: dict, name: str) -> dict[str, str]:
+    value = _map(body, name)
+    if not all(isinstance(v, str) for v in value.values()):
+        raise PluginError(f"{name} values must be strings")
+    return value
+
+
+# -- the app ----------------------------------------------------------------
+
+def create_app(network: NetworkDriver, ipam: IpamDriver, scope: str = "local",
+               connectivity_scope: str = "global") -> Flask:
+    app = Flask("warren")
+    routes: dict[str, Callable[[dict], Any]] = {}
+
+    def route(name: str):
+        def register(fn):
+            routes[name] = fn
+            return fn
+        return register
+
+    @route("Plugin.Activate")
+    def activate(_):
+        return {"Implements": ["NetworkDriver", "IpamDriver"]}
+
+    # NetworkDriver ---------------------------------------------------------
+
+    @route("NetworkDriver.GetCapabilities")
+    def capabilities(_):
+        return {"Scope": scope, "ConnectivityScope": connectivity_scope}
+
+    @route("NetworkDriver.CreateNetwork")
+    def create_network(b):
+        network.create_network(_id(b, "NetworkID"), _map(b, "Options"),
+                               _list(b, "IPv4Data"), _list(b, "IPv6Data"))
+        return {}
+
+    @route("NetworkDriver.DeleteNetwork")
+    def delete_network(b):
+        network.delete_network(_id(b, "NetworkID"))
+        return {}
+
+    @route("NetworkDriver.CreateEndpoint")
+    def create_endpoint(b):
+        interface = _map(b, "Interface")
+        for key in ("Address", "AddressIPv6", "MacAddress"):
+            _str(interface, key, required=False)
+        return network.create_endpoint(_id(b, "NetworkID"), _id(b, "EndpointID"),
+                                       interface, _map(b, "Options"))
+
+    @route("NetworkDriver.EndpointOperInfo")
+    def oper_info(b):
+        return network.oper_info(_id(b, "EndpointID"))
+
+    @route("NetworkDriver.DeleteEndpoint")
+    def delete_endpoint(b):
+        _id(b, "NetworkID")
+        network.delete_endpoint(_id(b, "EndpointID"))
+        return {}
+
+    @route("NetworkDriver.Join")
+    def join(b):
+        return network.join(_id(b, "NetworkID"), _id(b, "EndpointID"), _str(b, "SandboxKey"))
+
+    @route("NetworkDriver.Leave")
+    def leave(b):
+        network.leave(_id(b, "NetworkID"), _id(b, "EndpointID"))
+        return {}
+
+    @route("NetworkDriver.DiscoverNew")
+    def discover_new(_):
+        return {}
+
+    @route("NetworkDriver.DiscoverDelete")
+    def discover_delete(_):
+        return {}
+
+    @route("NetworkDriver.AllocateNetwork")
+    def allocate_network(b):
+        _id(b, "NetworkID")
+        return {"Options": _string_map(b, "Options")}
+
+    @route("NetworkDriver.FreeNetwork")
+    def free_network(b):
+        _id(b, "NetworkID")
+        return {}
+
+    # IpamDriver --------------------------------------------------------------
+
+    @route("IpamDriver.GetCapabilities")
+    def ipam_capabilities(_):
+        return {"RequiresMACAddress": False, "RequiresRequestReplay": False}
+
+    @route("IpamDriver.GetDefaultAddressSpaces")
+    def address_spaces(_):
+        return dict(ADDRESS_SPACES)
+
+    @route("IpamDriver.RequestPool")
+    def request_pool(b):
+        v6 = b.get("V6", False)
+        if not isinstance(v6, bool):
+            raise PluginError("V6 must be true or false")
+        return ipam.request_pool(_str(b, "Pool", required=False), _str(b, "SubPool", required=False),
+                                 _string_map(b, "Options"), v6)
+
+    @route("IpamDriver.ReleasePool")
+    def release_pool(b):
+        _str(b, "PoolID")
+        return {}
+
+    @route("IpamDriver.RequestAddress")
+    def request_address(b):
+        return ipam.request_address(_str(b, "PoolID"), _str(b, "Address", required=False),
+                                    _string_map(b, "Options"))
+
+    @route("IpamDriver.ReleaseAddress")
+    def release_address(b):
+        return ipam.release_address(_str(b, "PoolID"), _str(b, "Address"))
+
+    # dispatch ------------------------------------------------------------------
+
+    @app.post("/<name>")
+    def dispatch(name: str):
+        handler = routes.get(name)
+        if handler is None:
+            return _error(f"{name} is not implemented", 404)
+        try:
+            answer = handler(_body())
+        except USER_ERRORS as exc:
+            log.info("%s failed: %s", name, exc)
+            return _error(str(exc) or exc.__class__.__name__, 500)
+        except Exception as exc:  # a bug: keep the traceback in our log, not in Docker's
+            log.exception("%s crashed", name)
+            return _error(f"internal error in warren ({exc.__class__.__name__}); see the node log", 500)
+        response = jsonify(answer)
+        response.mimetype = MIME
+        return response
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        return _error(exc.description or exc.name, exc.code or 500)
+
+    app.config["ROUTES"] = sorted(routes)
+    return app
+
+
+def _error(message: str, status: int):
+    response = jsonify({"Err": message})
+    response.status_code = status
+    response.mimetype = MIME
+    return response

@@ -1,0 +1,183 @@
+"""Workload plumbing in the host's network namespace (pyroute2, no `ip` subprocesses).
+
+One workload interface = one veth pair:
+
+* the **host side** ``wrn<11 chars of the endpoint id>`` stays in the host: MAC
+  ``ee:ee:ee:ee:ee:ee`` (so its IPv6 link-local address, the container's IPv6
+  gateway, is known in advance: ``fe80::ecee:eeff:feee:eeee``), proxy ARP on
+  with ``proxy_delay=0`` (without it the first packet waits up to 1.5 s),
+  forwarding on for v4 and v6, and a /32 (/128) route to each container address
+  through it, tagged with :data:`RTPROT_WARREN` so reconciliation can find
+  exactly Warren's routes;
+* the **other side** ``tmp<11 chars>`` is handed to Docker, which moves it into
+  the container and renames it ``ethN``.
+
+The container routes everything via ``169.254.1.1`` (IPv4) or the host side's
+link-local address (IPv6); the host side answers ARP for any address, so all
+traffic is routed by the host. Nothing here depends on a process staying
+alive: the kernel keeps the veths and routes.
+
+This module is the single owner of veths, workload routes and per-interface
+sysctls; ``warrenctl container add`` reuses it.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+from dataclasses import dataclass
+
+from pyroute2 import IPRoute, NetlinkError
+
+log = logging.getLogger(__name__)
+
+HOST_PREFIX = "wrn"
+TMP_PREFIX = "tmp"
+HOST_MAC = "ee:ee:ee:ee:ee:ee"
+GATEWAY_V4 = "169.254.1.1"
+GATEWAY_V6 = "fe80::ecee:eeff:feee:eeee"  # EUI-64 link-local of HOST_MAC
+RTPROT_WARREN = 80  # route protocol number of workload routes (ip route ... proto 80)
+
+ENCAP_OVERHEAD = {"none": 0, "ipip": 20, "vxlan": 50}
+
+
+class DataplaneError(Exception):
+    pass
+
+
+def host_ifname(endpoint_id: str) -> str:
+    return HOST_PREFIX + endpoint_id[:11]
+
+
+def tmp_ifname(endpoint_id: str) -> str:
+    return TMP_PREFIX + endpoint_id[:11]
+
+
+def workload_mtu(underlay_mtu: int, encap: str) -> int:
+    return underlay_mtu - ENCAP_OVERHEAD.get(encap, 0)
+
+
+def _write_sysctl(path: str, value: str) -> None:
+    with open(path, "w") as f:
+        f.write(value)
+
+
+def _prefixlen(address: str) -> int:
+    return 32 if ipaddress.ip_address(address).version == 4 else 128
+
+
+@dataclass
+class Dataplane:
+    """Veth pairs, routes and sysctls in the namespace this process runs in."""
+
+    proc: str = "/proc"
+
+    def ensure_forwarding(self) -> None:
+        _write_sysctl(f"{self.proc}/sys/net/ipv4/ip_forward", "1")
+        try:
+            _write_sysctl(f"{self.proc}/sys/net/ipv6/conf/all/forwarding", "1")
+        except OSError:  # IPv6 disabled on this host
+            log.warning("cannot enable IPv6 forwarding; IPv6 workloads will not be routed")
+
+    def create_workload(self, endpoint_id: str, addresses: list[str], mac: str, mtu: int,
+                        peer_netns: str | None = None) -> tuple[str, str]:
+        """Create the veth pair and host routes; returns (host ifname, peer ifname).
+
+        ``peer_netns`` creates the peer directly inside that namespace (a path
+        or a name), which is much cheaper than moving it afterwards. On any
+        failure everything created so far is removed again.
+        """
+        host, tmp = host_ifname(endpoint_id), tmp_ifname(endpoint_id)
+        peer: dict = {"ifname": tmp, "address": mac, "mtu": mtu}
+        if peer_netns is not None:
+            peer["net_ns_fd"] = peer_netns
+        with IPRoute() as ipr:
+            try:
+                self._remove(ipr, host)  # a leftover from a crash: start clean
+                ipr.link("add", ifname=host, kind="veth", address=HOST_MAC, mtu=mtu, peer=peer)
+                index = ipr.link_lookup(ifname=host)[0]
+                self._configure_host_side(host, any(_prefixlen(a) == 128 for a in addresses))
+                ipr.link("set", index=index, state="up")
+                for address in addresses:
+                    self._add_route(ipr, index, address)
+            except (NetlinkError, OSError, IndexError) as exc:
+                self._remove(ipr, host)
+                raise DataplaneError(f"could not create interface {host}: {exc}") from None
+        return host, tmp
+
+    def _configure_host_side(self, host: str, ipv6: bool) -> None:
+        base = f"{self.proc}/sys/net"
+        _write_sysctl(f"{base}/ipv4/conf/{host}/proxy_arp", "1")
+        _write_sysctl(f"{base}/ipv4/neigh/{host}/proxy_delay", "0")
+        _write_sysctl(f"{base}/ipv4/conf/{host}/forwarding", "1")
+        if os.path.exists(f"{base}/ipv6/conf/{host}"):
+            _write_sysctl(f"{base}/ipv6/conf/{host}/accept_dad", "0")
+            _write_sysctl(f"{base}/ipv6/conf/{host}/forwarding", "1")
+        elif ipv6:
+            raise DataplaneError("IPv6 is disabled on this host")
+
+    @staticmethod
+    def _add_route(ipr: IPRoute, index: int, address: str) -> None:
+        length = _prefixlen(address)
+        ipr.route("replace", dst=f"{address}/{length}", oif=index, scope="link" if length == 32 else 0,
+                  proto=RTPROT_WARREN, family=4 if length == 32 else 10)
+
+    def add_routes(self, endpoint_id: str, addresses: list[str]) -> None:
+        """(Re)install the host routes of an existing workload interface."""
+        with IPRoute() as ipr:
+            found = ipr.link_lookup(ifname=host_ifname(endpoint_id))
+            if not found:
+                raise DataplaneError(f"interface {host_ifname(endpoint_id)} does not exist")
+            for address in addresses:
+                self._add_route(ipr, found[0], address)
+
+    def remove_workload(self, endpoint_id: str) -> bool:
+        """Delete the veth pair (its routes go with it). Idempotent."""
+        with IPRoute() as ipr:
+            return self._remove(ipr, host_ifname(endpoint_id))
+
+    @staticmethod
+    def _remove(ipr: IPRoute, ifname: str) -> bool:
+        found = ipr.link_lookup(ifname=ifname)
+        if not found:
+            return False
+        try:
+            ipr.link("del", index=found[0])
+        except NetlinkError as exc:
+            if exc.code != 19:  # ENODEV: already gone
+                raise
+        return True
+
+    def workload_interfaces(self) -> dict[str, int]:
+        """Host-side workload interfaces present in the kernel: name -> index."""
+        with IPRoute() as ipr:
+            out = {}
+            for link in ipr.get_links():
+                name = link.get_attr("IFLA_IFNAME")
+                if name and name.startswith(HOST_PREFIX):
+                    out[name] = link["index"]
+            return out
+
+    def workload_routes(self) -> dict[str, int]:
+        """Warren's workload routes in the kernel: address -> interface index."""
+        with IPRoute() as ipr:
+            routes = {}
+            for family in (2, 10):
+                for r in ipr.get_routes(family=family, proto=RTPROT_WARREN):
+                    routes[r.get_attr("RTA_DST")] = r.get_attr("RTA_OIF")
+            return routes
+
+    def interface_mtu(self, ifname: str) -> int:
+        with IPRoute() as ipr:
+            found = ipr.link_lookup(ifname=ifname)
+            if not found:
+                raise DataplaneError(f"underlay interface {ifname} does not exist")
+            return ipr.get_links(found[0])[0].get_attr("IFLA_MTU")
+
+    def default_route_interface(self) -> str | None:
+        with IPRoute() as ipr:
+            for r in ipr.get_default_routes(family=2):
+                index = r.get_attr("RTA_OIF")
+                if index:
+                    return ipr.get_links(index)[0].get_attr("IFLA_IFNAME")
+        return None

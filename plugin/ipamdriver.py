@@ -1,0 +1,113 @@
+"""The IpamDriver side: Docker's pools and addresses mapped onto Warren IPAM.
+
+* ``RequestPool`` with ``--subnet`` maps to the Warren pool of that CIDR,
+  creating it (with ``--ipam-opt`` options) when absent; without ``--subnet``
+  it uses the default pool. The answer carries the real subnet plus
+  ``Data: {"com.docker.network.gateway": "169.254.1.1/32"}``, so dockerd asks
+  for no gateway address and no pool address is spent on one. Idempotent.
+* ``RequestAddress`` assigns one address under a fresh handle (Docker gives
+  no endpoint id at that point) with attributes ``purpose=docker``; the answer
+  is a /32 (/128) so the container routes everything through the host.
+* ``ReleaseAddress`` releases by address (idempotent); ``ReleasePool`` keeps
+  the pool, which other hosts' networks may share.
+"""
+from __future__ import annotations
+
+import ipaddress
+import uuid
+from dataclasses import dataclass
+
+from ipam import Allocator, InvalidPool, PoolStore, make_pool
+from ipam.pools import Pool, parse_cidr
+
+from .errors import PluginError
+
+GATEWAY_TYPE = "com.docker.network.gateway"
+ADDRESS_TYPE = "RequestAddressType"
+POOL_GATEWAY = {4: "169.254.1.1/32", 6: "fe80::ecee:eeff:feee:eeee/128"}
+VALID_POOL_OPTIONS = ("ipip", "vxlan", "nat-outgoing", "block-size")
+ADDRESS_SPACES = {"LocalDefaultAddressSpace": "WarrenLocal",
+                  "GlobalDefaultAddressSpace": "WarrenGlobal"}
+
+
+def _flag(name: str, value: str) -> bool:
+    if value.lower() in ("true", "1", "yes", "on"):
+        return True
+    if value.lower() in ("false", "0", "no", "off"):
+        return False
+    raise PluginError(f"--ipam-opt {name}={value}: expected true or false")
+
+
+def pool_from_options(cidr: str, options: dict[str, str]) -> Pool:
+    unknown = sorted(set(options) - set(VALID_POOL_OPTIONS))
+    if unknown:
+        raise PluginError(f"unknown --ipam-opt {', '.join(unknown)}; valid options: "
+                          + ", ".join(f"{o}=" + ("N" if o == "block-size" else "true")
+                                      for o in VALID_POOL_OPTIONS))
+    block_size = None
+    if "block-size" in options:
+        try:
+            block_size = int(options["block-size"])
+        except ValueError:
+            raise PluginError("--ipam-opt block-size must be a prefix length such as 26") from None
+    return make_pool(cidr, ipip=_flag("ipip", options.get("ipip", "false")),
+                     vxlan=_flag("vxlan", options.get("vxlan", "false")),
+                     nat_outgoing=_flag("nat-outgoing", options.get("nat-outgoing", "false")),
+                     block_size=block_size)
+
+
+@dataclass
+class IpamDriver:
+    allocator: Allocator
+    default_pools: dict[int, str]
+
+    @property
+    def pools(self) -> PoolStore:
+        return self.allocator.pool_store
+
+    def request_pool(self, pool: str, sub_pool: str, options: dict[str, str], v6: bool) -> dict:
+        if sub_pool:
+            raise PluginError("--ip-range is not supported: Warren allocates from the whole subnet")
+        version = 6 if v6 else 4
+        cidr = pool or self.default_pools[version]
+        net = parse_cidr(cidr)
+        if net.version != version:
+            raise PluginError(f"{cidr} is not an IPv{version} subnet")
+        wanted = pool_from_options(str(net), options)
+        existing = self.pools.get(wanted.cidr)
+        if existing is None:
+            try:
+                self.pools.add([wanted])
+            except InvalidPool as exc:
+                if "already exists" not in str(exc):  # lost a race with another host: fine
+                    raise
+            existing = self.pools.get(wanted.cidr)
+        elif options and (existing.encap, existing.nat_outgoing, existing.block_size) != (
+                wanted.encap, wanted.nat_outgoing, wanted.block_size):
+            raise PluginError(
+                f"pool {existing.cidr} already exists with options "
+                f"'{','.join(existing.options) or 'none'}' (block /{existing.block_size}); "
+                "create the network with the same --ipam-opt or none")
+        return {"PoolID": existing.cidr, "Pool": existing.cidr,
+                "Data": {GATEWAY_TYPE: POOL_GATEWAY[version]}}
+
+    def request_address(self, pool_id: str, address: str, options: dict[str, str]) -> dict:
+        if options.get(ADDRESS_TYPE) == GATEWAY_TYPE:
+            raise PluginError("--gateway is not supported: Warren routes every container "
+                              "through its host (gateway 169.254.1.1)")
+        net = parse_cidr(pool_id)
+        handle = f"docker-{uuid.uuid4().hex}"
+        attrs = {"purpose": "docker", "pool": pool_id}
+        if address:
+            got = self.allocator.assign(handle, address=address, attrs=attrs)
+            if got.pool != pool_id:
+                self.allocator.release(got.address, handle)
+                raise PluginError(f"{address} is not in pool {pool_id}")
+        else:
+            got = self.allocator.assign(handle, pool=pool_id, version=net.version, attrs=attrs)
+        length = ipaddress.ip_address(got.address).max_prefixlen
+        return {"Address": f"{got.address}/{length}", "Data": {}}
+
+    def release_address(self, pool_id: str, address: str) -> dict:
+        self.allocator.release(address)
+        return {}

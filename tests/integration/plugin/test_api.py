@@ -1,0 +1,291 @@
+"""Every Docker endpoint through Flask's test client, on a real etcd with a fake dataplane."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from datastore import codec, keys
+from ipam import Block, PoolStore
+from plugin.config import PluginConfig
+from plugin.dataplane import DataplaneError
+from plugin.wsgi import build
+
+NET = "a" * 64
+EP = "b" * 64
+EP2 = "c" * 64
+
+
+class FakeDataplane:
+    """Records what the plugin asks of the kernel."""
+
+    def __init__(self):
+        self.workloads: dict[str, dict] = {}
+        self.fail = False
+
+    def create_workload(self, endpoint_id, addresses, mac, mtu, peer_netns=None):
+        if self.fail:
+            raise DataplaneError("simulated netlink failure")
+        self.workloads[endpoint_id] = {"addresses": addresses, "mac": mac, "mtu": mtu}
+        return "wrn" + endpoint_id[:11], "tmp" + endpoint_id[:11]
+
+    def remove_workload(self, endpoint_id):
+        return self.workloads.pop(endpoint_id, None) is not None
+
+    def default_route_interface(self):
+        return "eth0"
+
+    def interface_mtu(self, ifname):
+        return 1500
+
+
+@pytest.fixture
+def dataplane():
+    return FakeDataplane()
+
+
+@pytest.fixture
+def client(store, dataplane):
+    app = build(PluginConfig(host="host1"), store, dataplane)
+    return app.test_client()
+
+
+def call(client, name, body=None, raw=None):
+    data = raw if raw is not None else ("" if body is None else json.dumps(body))
+    response = client.post(f"/{name}", data=data)  # no Content-Type, like dockerd
+    return response.status_code, response.get_json()
+
+
+def ok(client, name, body=None):
+    status, answer = call(client, name, body)
+    assert status == 200, answer
+    return answer
+
+
+def err(client, name, body=None, raw=None):
+    status, answer = call(client, name, body, raw)
+    assert status == 500, answer
+    assert set(answer) == {"Err"} and answer["Err"]
+    return answer["Err"]
+
+
+def snapshot(store):
+    return [(kv.key, kv.value) for kv in store.get_prefix(keys.PREFIX)]
+
+
+def make_network(client, subnet="10.20.10.0/24", options=None, v6=None):
+    pool = ok(client, "IpamDriver.RequestPool", {"AddressSpace": "WarrenLocal", "Pool": subnet,
+                                                 "Options": options or {}, "V6": False})
+    v4 = [{"AddressSpace": "WarrenLocal", "Pool": pool["Pool"],
+           "Gateway": pool["Data"]["com.docker.network.gateway"]}]
+    v6data = []
+    if v6:
+        p6 = ok(client, "IpamDriver.RequestPool", {"Pool": v6, "V6": True})
+        v6data = [{"Pool": p6["Pool"], "Gateway": p6["Data"]["com.docker.network.gateway"]}]
+    ok(client, "NetworkDriver.CreateNetwork", {"NetworkID": NET, "Options": {
+        "com.docker.network.generic": {}, "com.docker.network.enable_ipv6": bool(v6)},
+        "IPv4Data": v4, "IPv6Data": v6data})
+    return pool
+
+
+def test_activate_and_capabilities_with_empty_bodies(client):
+    assert ok(client, "Plugin.Activate") == {"Implements": ["NetworkDriver", "IpamDriver"]}
+    assert ok(client, "NetworkDriver.GetCapabilities") == {"Scope": "local", "ConnectivityScope": "global"}
+    assert ok(client, "IpamDriver.GetCapabilities")["RequiresRequestReplay"] is False
+    assert set(ok(client, "IpamDriver.GetDefaultAddressSpaces")) == {
+        "LocalDefaultAddressSpace", "GlobalDefaultAddressSpace"}
+
+
+def test_unknown_endpoint_is_404(client):
+    status, answer = call(client, "NetworkDriver.ProgramSomethingNew", {})
+    assert status == 404 and "Err" in answer
+
+
+@pytest.mark.parametrize("name", ["NetworkDriver.CreateNetwork", "NetworkDriver.CreateEndpoint",
+                                  "NetworkDriver.Join", "IpamDriver.RequestAddress",
+                                  "IpamDriver.ReleaseAddress", "NetworkDriver.DeleteEndpoint"])
+def test_malformed_bodies_fail_cleanly(client, store, name):
+    before = snapshot(store)
+    assert "JSON" in err(client, name, raw="{not json")
+    assert "JSON" in err(client, name, raw="[1, 2]")
+    assert "missing" in err(client, name, {})
+    assert snapshot(store) == before
+
+
+def test_wrong_types_fail_cleanly(client, store):
+    before = snapshot(store)
+    assert "string" in err(client, "IpamDriver.RequestPool", {"Pool": 10})
+    assert "true or false" in err(client, "IpamDriver.RequestPool", {"Pool": "", "V6": "yes"})
+    assert "object" in err(client, "NetworkDriver.CreateNetwork", {"NetworkID": NET, "Options": []})
+    assert "hexadecimal" in err(client, "NetworkDriver.CreateNetwork", {"NetworkID": "../../etc"})
+    assert "strings" in err(client, "IpamDriver.RequestAddress", {"PoolID": "10.0.0.0/24", "Options": {"a": 1}})
+    assert snapshot(store) == before
+
+
+def test_request_pool_creates_the_warren_pool_and_is_idempotent(client, store):
+    answer = ok(client, "IpamDriver.RequestPool", {"Pool": "10.20.10.0/24", "Options": {"nat-outgoing": "true"}})
+    assert answer == {"PoolID": "10.20.10.0/24", "Pool": "10.20.10.0/24",
+                      "Data": {"com.docker.network.gateway": "169.254.1.1/32"}}
+    assert ok(client, "IpamDriver.RequestPool", {"Pool": "10.20.10.0/24"}) == answer
+    pool = PoolStore(store).get("10.20.10.0/24")
+    assert pool.nat_outgoing and pool.encap == "none"
+
+
+def test_request_pool_options_and_conflicts(client, store):
+    ok(client, "IpamDriver.RequestPool", {"Pool": "10.20.10.0/24",
+                                          "Options": {"vxlan": "true", "block-size": "28"}})
+    pool = PoolStore(store).get("10.20.10.0/24")
+    assert (pool.encap, pool.block_size) == ("vxlan", 28)
+    message = err(client, "IpamDriver.RequestPool", {"Pool": "10.20.10.0/24", "Options": {"ipip": "true"}})
+    assert "already exists" in message
+    message = err(client, "IpamDriver.RequestPool", {"Pool": "10.20.11.0/24", "Options": {"colour": "blue"}})
+    assert "colour" in message and "nat-outgoing=true" in message and "block-size=N" in message
+    assert "overlaps" in err(client, "IpamDriver.RequestPool", {"Pool": "10.20.0.0/16"})
+    assert "host bits" in err(client, "IpamDriver.RequestPool", {"Pool": "10.20.12.1/24"})
+    assert "--ip-range" in err(client, "IpamDriver.RequestPool", {"Pool": "10.20.13.0/24", "SubPool": "10.20.13.0/25"})
+    assert PoolStore(store).get("10.20.11.0/24") is None
+
+
+def test_default_pools(client, store):
+    assert ok(client, "IpamDriver.RequestPool", {"Pool": ""})["Pool"] == "10.30.0.0/16"
+    v6 = ok(client, "IpamDriver.RequestPool", {"Pool": "", "V6": True})
+    assert v6["Pool"] == "fd00:30::/64"
+    assert v6["Data"]["com.docker.network.gateway"].startswith("fe80::")
+
+
+def test_addresses_are_slash_32_and_released(client, store):
+    make_network(client)
+    got = ok(client, "IpamDriver.RequestAddress", {"PoolID": "10.20.10.0/24", "Address": "", "Options": {}})
+    assert got["Address"].endswith("/32")
+    pinned = ok(client, "IpamDriver.RequestAddress", {"PoolID": "10.20.10.0/24", "Address": "10.20.10.50"})
+    assert pinned["Address"] == "10.20.10.50/32"
+    assert "in use" in err(client, "IpamDriver.RequestAddress", {"PoolID": "10.20.10.0/24", "Address": "10.20.10.50"})
+    assert "--gateway" in err(client, "IpamDriver.RequestAddress", {
+        "PoolID": "10.20.10.0/24", "Address": "10.20.10.1",
+        "Options": {"RequestAddressType": "com.docker.network.gateway"}})
+    for address in (got["Address"], pinned["Address"]):
+        ok(client, "IpamDriver.ReleaseAddress", {"PoolID": "10.20.10.0/24", "Address": address.split("/")[0]})
+    ok(client, "IpamDriver.ReleaseAddress", {"PoolID": "10.20.10.0/24", "Address": "10.20.10.50"})  # idempotent
+    blocks = [codec.loads(Block, kv.value) for kv in store.get_prefix(keys.BLOCKS)]
+    assert sum(b.used for b in blocks) == 0
+    assert store.get_prefix(keys.HANDLES).kvs == []
+
+
+def test_pool_exhausted_message(client, store):
+    make_network(client, subnet="10.20.10.0/30", options={"block-size": "30"})
+    for _ in range(4):
+        ok(client, "IpamDriver.RequestAddress", {"PoolID": "10.20.10.0/30"})
+    assert "no free address" in err(client, "IpamDriver.RequestAddress", {"PoolID": "10.20.10.0/30"})
+
+
+def test_create_network_validation(client, store):
+    pool = ok(client, "IpamDriver.RequestPool", {"Pool": "10.20.10.0/24"})
+    before = snapshot(store)
+    foreign = [{"Pool": "172.19.0.0/16", "Gateway": "172.19.0.1/16"}]
+    assert "--ipam-driver warren" in err(client, "NetworkDriver.CreateNetwork",
+                                         {"NetworkID": NET, "IPv4Data": foreign})
+    good = [{"Pool": pool["Pool"], "Gateway": "169.254.1.1/32"}]
+    message = err(client, "NetworkDriver.CreateNetwork", {"NetworkID": NET, "IPv4Data": good,
+                                                          "Options": {"com.docker.network.generic": {"vlan": "3"}}})
+    assert "vlan" in message and "mtu=N" in message
+    assert "--internal" in err(client, "NetworkDriver.CreateNetwork", {
+        "NetworkID": NET, "IPv4Data": good, "Options": {"com.docker.network.internal": True}})
+    assert "mtu" in err(client, "NetworkDriver.CreateNetwork", {
+        "NetworkID": NET, "IPv4Data": good, "Options": {"com.docker.network.generic": {"mtu": "big"}}})
+    assert snapshot(store) == before
+
+
+def test_endpoint_lifecycle(client, store, dataplane):
+    make_network(client)
+    address = ok(client, "IpamDriver.RequestAddress", {"PoolID": "10.20.10.0/24"})["Address"]
+    created = ok(client, "NetworkDriver.CreateEndpoint", {
+        "NetworkID": NET, "EndpointID": EP, "Interface": {"Address": address}, "Options": {}})
+    mac = created["Interface"]["MacAddress"]
+    assert set(created["Interface"]) == {"MacAddress"}  # never echo what Docker supplied
+    joined = ok(client, "NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP,
+                                               "SandboxKey": "/var/run/docker/netns/abc", "Options": {}})
+    assert joined["InterfaceName"] == {"SrcName": "tmp" + EP[:11], "DstPrefix": "eth"}
+    assert joined["Gateway"] == "169.254.1.1"
+    assert joined["StaticRoutes"] == [{"Destination": "169.254.1.1/32", "RouteType": 1}]
+    assert joined["DisableGatewayService"] is True
+    assert dataplane.workloads[EP] == {"addresses": [address.split("/")[0]], "mac": mac, "mtu": 1500}
+    assert ok(client, "NetworkDriver.EndpointOperInfo", {"NetworkID": NET, "EndpointID": EP})["Value"]["mac"] == mac
+    ok(client, "NetworkDriver.Leave", {"NetworkID": NET, "EndpointID": EP})
+    assert EP not in dataplane.workloads
+    ok(client, "NetworkDriver.Leave", {"NetworkID": NET, "EndpointID": EP})  # idempotent
+    ok(client, "NetworkDriver.DeleteEndpoint", {"NetworkID": NET, "EndpointID": EP})
+    ok(client, "IpamDriver.ReleaseAddress", {"PoolID": "10.20.10.0/24", "Address": address.split("/")[0]})
+    ok(client, "NetworkDriver.DeleteNetwork", {"NetworkID": NET})
+    assert store.get_prefix(keys.ENDPOINTS).kvs == [] and store.get_prefix(keys.NETWORKS).kvs == []
+
+
+def test_user_mac_is_respected_and_not_echoed(client, dataplane):
+    make_network(client)
+    answer = ok(client, "NetworkDriver.CreateEndpoint", {
+        "NetworkID": NET, "EndpointID": EP,
+        "Interface": {"Address": "10.20.10.9/32", "MacAddress": "02:42:ac:11:00:09"}})
+    assert answer == {}
+    ok(client, "NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP, "SandboxKey": "/x"})
+    assert dataplane.workloads[EP]["mac"] == "02:42:ac:11:00:09"
+
+
+def test_mtu_option_and_encapsulation(client, dataplane):
+    make_network(client, options={"vxlan": "true"})
+    ok(client, "NetworkDriver.CreateEndpoint", {"NetworkID": NET, "EndpointID": EP,
+                                                "Interface": {"Address": "10.20.10.9/32"}})
+    ok(client, "NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP, "SandboxKey": "/x"})
+    assert dataplane.workloads[EP]["mtu"] == 1450  # underlay 1500 - vxlan 50
+
+
+def test_second_network_in_one_sandbox_gets_its_own_gateway(client, store):
+    make_network(client)
+    other = "d" * 64
+    ok(client, "IpamDriver.RequestPool", {"Pool": "10.20.20.0/24"})
+    ok(client, "NetworkDriver.CreateNetwork", {"NetworkID": other, "IPv4Data": [
+        {"Pool": "10.20.20.0/24", "Gateway": "169.254.1.1/32"}]})
+    for ep, net, addr in ((EP, NET, "10.20.10.9/32"), (EP2, other, "10.20.20.9/32")):
+        ok(client, "NetworkDriver.CreateEndpoint", {"NetworkID": net, "EndpointID": ep,
+                                                    "Interface": {"Address": addr}})
+    first = ok(client, "NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP, "SandboxKey": "/sb"})
+    second = ok(client, "NetworkDriver.Join", {"NetworkID": other, "EndpointID": EP2, "SandboxKey": "/sb"})
+    assert first["Gateway"] == "169.254.1.1" and second["Gateway"] == "169.254.1.2"
+    assert {"Destination": "10.20.20.0/24", "RouteType": 0, "NextHop": "169.254.1.2"} in second["StaticRoutes"]
+    destinations = [r["Destination"] for r in first["StaticRoutes"] + second["StaticRoutes"]]
+    assert len(destinations) == len(set(destinations)), "no route may be installed twice"
+
+
+def test_ipv6_endpoint_gets_link_local_gateway(client, dataplane):
+    make_network(client, v6="fd00:20::/64")
+    address = ok(client, "IpamDriver.RequestAddress", {"PoolID": "fd00:20::/64"})["Address"]
+    assert address.endswith("/128")
+    ok(client, "NetworkDriver.CreateEndpoint", {"NetworkID": NET, "EndpointID": EP,
+                                                "Interface": {"Address": "10.20.10.9/32", "AddressIPv6": address}})
+    joined = ok(client, "NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP, "SandboxKey": "/x"})
+    assert joined["GatewayIPv6"] == "fe80::ecee:eeff:feee:eeee"
+    assert address.split("/")[0] in dataplane.workloads[EP]["addresses"]
+
+
+def test_join_failure_leaves_no_sandbox_and_no_interface(client, store, dataplane):
+    make_network(client)
+    ok(client, "NetworkDriver.CreateEndpoint", {"NetworkID": NET, "EndpointID": EP,
+                                                "Interface": {"Address": "10.20.10.9/32"}})
+    dataplane.fail = True
+    assert "simulated" in err(client, "NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP, "SandboxKey": "/x"})
+    kv = store.get(keys.endpoint("host1", EP))
+    assert b'"sandbox":null' in kv.value and dataplane.workloads == {}
+
+
+def test_unknown_network_and_endpoint(client):
+    assert "unknown to warren" in err(client, "NetworkDriver.CreateEndpoint", {
+        "NetworkID": NET, "EndpointID": EP, "Interface": {"Address": "10.20.10.9/32"}})
+    assert "does not exist" in err(client, "NetworkDriver.Join", {
+        "NetworkID": NET, "EndpointID": EP, "SandboxKey": "/x"})
+    ok(client, "NetworkDriver.DeleteEndpoint", {"NetworkID": NET, "EndpointID": EP})  # idempotent
+
+
+def test_etcd_down_is_a_clear_error(store, dataplane, private_etcd):
+    from tests.support.etcd import datastore_for
+    app = build(PluginConfig(host="host1"), datastore_for(private_etcd, timeout=1), dataplane)
+    private_etcd.stop()
+    message = err(app.test_client(), "IpamDriver.RequestPool", {"Pool": "10.20.10.0/24"})
+    assert "unreachable" in message and "\n" not in message
