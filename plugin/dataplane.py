@@ -25,6 +25,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import socket
 from dataclasses import dataclass
 
 from pyroute2 import IPRoute, NetlinkError
@@ -100,8 +101,10 @@ class Dataplane:
                 ipr.link("set", index=index, state="up")
                 for address in addresses:
                     self._add_route(ipr, index, address)
-            except (NetlinkError, OSError, IndexError) as exc:
+            except Exception as exc:  # roll back whatever failed, then say what it was
                 self._remove(ipr, host)
+                if isinstance(exc, DataplaneError):
+                    raise
                 raise DataplaneError(f"could not create interface {host}: {exc}") from None
         return host, tmp
 
@@ -120,7 +123,7 @@ class Dataplane:
     def _add_route(ipr: IPRoute, index: int, address: str) -> None:
         length = _prefixlen(address)
         ipr.route("replace", dst=f"{address}/{length}", oif=index, scope="link" if length == 32 else 0,
-                  proto=RTPROT_WARREN, family=4 if length == 32 else 10)
+                  proto=RTPROT_WARREN, family=socket.AF_INET if length == 32 else socket.AF_INET6)
 
     def add_routes(self, endpoint_id: str, addresses: list[str]) -> None:
         """(Re)install the host routes of an existing workload interface."""
@@ -162,7 +165,7 @@ class Dataplane:
         """Warren's workload routes in the kernel: address -> interface index."""
         with IPRoute() as ipr:
             routes = {}
-            for family in (2, 10):
+            for family in (socket.AF_INET, socket.AF_INET6):
                 for r in ipr.get_routes(family=family, proto=RTPROT_WARREN):
                     routes[r.get_attr("RTA_DST")] = r.get_attr("RTA_OIF")
             return routes
@@ -176,7 +179,7 @@ class Dataplane:
 
     def default_route_interface(self) -> str | None:
         with IPRoute() as ipr:
-            for r in ipr.get_default_routes(family=2):
+            for r in ipr.get_default_routes(family=socket.AF_INET):
                 index = r.get_attr("RTA_OIF")
                 if index:
                     return ipr.get_links(index)[0].get_attr("IFLA_IFNAME")
