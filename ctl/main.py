@@ -19,7 +19,7 @@ from functools import cached_property
 from datastore import Datastore, DatastoreError, EtcdConfig
 from ipam import IpamError
 
-from . import ipamcmd, pool
+from . import ipamcmd, node, pool
 
 
 class CliError(Exception):
@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 parser_class=_Parser)
     pool.register(sub)
     ipamcmd.register(sub)
+    node.register_commands(sub)
     return parser
 
 
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         ctx = Context(endpoints=args.etcd_endpoints, host=default_host())
         return args.func(args, ctx)
-    except (CliError, IpamError, DatastoreError, ValueError) as exc:
+    except (CliError, IpamError, DatastoreError, ValueError, node.NodeError, OSError) as exc:
         if debug:
             traceback.print_exc()
         print(f"warrenctl: error: {exc}", file=sys.stderr)

@@ -13,6 +13,7 @@ Layout::
     /warren/v1/ipam/handles/<handle>/<ip>      index: addresses a handle holds (written with the block)
     /warren/v1/networks/<docker network id>    plugin.Network (Docker never re-sends CreateNetwork)
     /warren/v1/endpoints/<host>/<endpoint id>  plugin.Endpoint
+    /warren/v1/nodes/<name>                    ipam.Node (a host running Warren)
 
 Later layers add networks, endpoints, nodes, BGP settings and profiles here,
 and nowhere else.
@@ -30,6 +31,7 @@ AFFINITY = PREFIX + "ipam/affinity/"
 HANDLES = PREFIX + "ipam/handles/"
 NETWORKS = PREFIX + "networks/"
 ENDPOINTS = PREFIX + "endpoints/"
+NODES = PREFIX + "nodes/"
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9_.:@-]{1,253}$")
 
@@ -108,3 +110,7 @@ def endpoint_prefix(host: str) -> str:
 
 def endpoint(host: str, endpoint_id: str) -> str:
     return endpoint_prefix(host) + segment(endpoint_id, "endpoint id")
+
+
+def node(name: str) -> str:
+    return NODES + segment(name, "node name")

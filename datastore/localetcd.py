@@ -49,11 +49,15 @@ class LocalEtcd:
     # Kill etcd if the process that started it dies (tests, labs): nothing leaks
     # even when the test runner itself is killed.
     die_with_parent: bool = False
+    # Run inside this network namespace (a name under /run/netns); readiness is
+    # then probed from inside it too, since its addresses are not reachable here.
+    netns: str | None = None
     proc: subprocess.Popen | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.client_port = self.client_port or free_port(self.host)
-        self.peer_port = self.peer_port or free_port(self.host)
+        probe_host = "127.0.0.1" if self.netns else self.host  # ports are per namespace anyway
+        self.client_port = self.client_port or free_port(probe_host)
+        self.peer_port = self.peer_port or free_port(probe_host)
 
     @property
     def endpoint(self) -> str:
@@ -61,7 +65,8 @@ class LocalEtcd:
 
     def command(self) -> list[str]:
         peer = f"http://{self.host}:{self.peer_port}"
-        return [self.binary, "--name", self.name, "--data-dir", self.data_dir,
+        prefix = ["nsenter", f"--net=/run/netns/{self.netns}"] if self.netns else []
+        return [*prefix, self.binary, "--name", self.name, "--data-dir", self.data_dir,
                 "--listen-client-urls", self.endpoint,
                 "--advertise-client-urls", self.endpoint,
                 "--listen-peer-urls", peer,
@@ -87,7 +92,22 @@ class LocalEtcd:
         self.wait_ready(timeout)
         return self
 
+    def _probe_in_netns(self) -> bool:
+        probe = ["nsenter", f"--net=/run/netns/{self.netns}", "etcdctl",
+                 "--endpoints", self.endpoint, "--dial-timeout", "1s", "endpoint", "health"]
+        return subprocess.run(probe, capture_output=True, env={"ETCDCTL_API": "3", "PATH": os.environ.get("PATH", "")},
+                              timeout=10).returncode == 0
+
     def wait_ready(self, timeout: float = 20.0) -> None:
+        if self.netns:
+            deadline = time.monotonic() + timeout
+            while not self._probe_in_netns():
+                if self.proc is not None and self.proc.poll() is not None:
+                    raise DatastoreError(f"etcd exited with status {self.proc.returncode}")
+                if time.monotonic() > deadline:
+                    raise DatastoreError(f"etcd in netns {self.netns} not ready after {timeout:.0f}s")
+                time.sleep(0.1)
+            return
         store = Datastore(EtcdConfig((parse_endpoint(self.endpoint),), timeout=1.0))
         deadline = time.monotonic() + timeout
         try:

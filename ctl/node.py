@@ -1,0 +1,155 @@
+"""``warrenctl node start|stop|show``: this host's Warren node.
+
+``start`` registers the node in etcd, makes sure routed workload traffic may
+be forwarded, reconciles this host's veths and routes with etcd, then runs
+the plugin server (gunicorn on the plugin socket) - in the background with a
+pid file and a log under a per-node directory, or in the foreground with
+``--foreground`` (for containers and systemd). It returns once the socket
+answers ``Plugin.Activate``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import time
+
+from pyroute2 import IPRoute
+
+from ipam import InvalidRequest
+from ipam.nodes import Node, list_nodes, register
+from plugin import forward, server
+from plugin.config import DEFAULT_SOCKET
+from plugin.dataplane import Dataplane
+from plugin.networks import NetworkDriver
+from plugin.reconcile import reconcile
+
+from .output import as_json, table
+
+RUN_DIR = os.environ.get("WARREN_RUN_DIR", "/run/warren")
+LOG_DIR = os.environ.get("WARREN_LOG_DIR", "/var/log/warren")
+
+
+class NodeError(Exception):
+    pass
+
+
+def register_commands(sub: argparse._SubParsersAction) -> None:
+    node = sub.add_parser("node", help="run this host's Warren node")
+    verbs = node.add_subparsers(dest="verb", required=True, metavar="{start,stop,show}")
+    start = verbs.add_parser("start", help="register this host and start its node")
+    start.add_argument("--name", help="node name (default: $WARREN_NODE_NAME or the hostname)")
+    start.add_argument("--ip", help="this host's underlay IPv4 address (default: of the default route)")
+    start.add_argument("--ip6", help="this host's underlay IPv6 address")
+    start.add_argument("--socket", default=os.environ.get("WARREN_PLUGIN_SOCKET", DEFAULT_SOCKET))
+    start.add_argument("--foreground", action="store_true", help="run the plugin in this process")
+    start.set_defaults(func=node_start)
+    stop = verbs.add_parser("stop", help="stop this host's node")
+    stop.add_argument("--name")
+    stop.set_defaults(func=node_stop)
+    show = verbs.add_parser("show", help="list registered nodes")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=node_show)
+
+
+def _paths(name: str) -> dict[str, str]:
+    run, logs = os.path.join(RUN_DIR, name), os.path.join(LOG_DIR, name)
+    return {"run": run, "logs": logs, "pid": os.path.join(run, "plugin.pid"),
+            "log": os.path.join(logs, "plugin.log")}
+
+
+def _running_pid(pidfile: str) -> int | None:
+    """The pid in ``pidfile`` if that process is still our plugin server."""
+    try:
+        pid = int(open(pidfile).read().strip())
+        cmdline = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ")
+    except (OSError, ValueError):
+        return None
+    return pid if b"gunicorn" in cmdline and b"plugin.wsgi" in cmdline else None
+
+
+def _underlay(ipv4: str | None) -> tuple[str | None, str | None]:
+    """(address, interface): the given address's interface, or the default route's."""
+    with IPRoute() as ipr:
+        if ipv4:
+            for addr in ipr.get_addr(family=2, address=ipv4):
+                return ipv4, ipr.get_links(addr["index"])[0].get_attr("IFLA_IFNAME")
+            raise InvalidRequest(f"{ipv4} is not an address of this host")
+        for route in ipr.get_default_routes(family=2):
+            index = route.get_attr("RTA_OIF")
+            if index:
+                addrs = ipr.get_addr(family=2, index=index)
+                name = ipr.get_links(index)[0].get_attr("IFLA_IFNAME")
+                return (addrs[0].get_attr("IFA_ADDRESS") if addrs else None), name
+    return None, None
+
+
+def node_start(args, ctx) -> int:
+    name = args.name or ctx.host
+    paths = _paths(name)
+    if _running_pid(paths["pid"]):
+        raise NodeError(f"node {name} is already running (pid file {paths['pid']})")
+    ipv4, iface = _underlay(args.ip)
+    register(ctx.store, Node(name=name, ipv4=ipv4, ipv6=args.ip6))
+    try:
+        forward.install()
+    except subprocess.CalledProcessError as exc:
+        raise NodeError(f"cannot install the {forward.CHAIN} rules: {(exc.stderr or '').strip()}") from None
+    dataplane = Dataplane()
+    dataplane.ensure_forwarding()
+    driver = NetworkDriver(store=ctx.store, host=name, dataplane=dataplane, underlay_mtu=lambda: 1500)
+    reconcile(dataplane, driver.local_endpoints())
+    os.makedirs(os.path.dirname(args.socket), exist_ok=True)
+    if os.path.exists(args.socket):
+        os.unlink(args.socket)  # a stale socket makes dockerd wait for a dead plugin
+    for d in (paths["run"], paths["logs"]):
+        os.makedirs(d, mode=0o700, exist_ok=True)
+    if os.path.exists(paths["pid"]):
+        os.unlink(paths["pid"])  # stale (checked above); gunicorn would refuse it
+    env = dict(os.environ, WARREN_NODE_NAME=name, WARREN_PLUGIN_SOCKET=args.socket)
+    if ctx.endpoints:
+        env["WARREN_ETCD_ENDPOINTS"] = ctx.endpoints
+    if iface:
+        env.setdefault("WARREN_UNDERLAY_IFACE", iface)
+    argv = server.gunicorn_argv(args.socket, paths["pid"], paths["log"])
+    if args.foreground:
+        os.execve(argv[0], argv, env)
+    with open(paths["log"], "ab") as log:
+        proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        server.wait_ready(args.socket, alive=lambda: proc.poll() is None)
+    except RuntimeError as exc:
+        if proc.poll() is None:
+            proc.terminate()
+        raise NodeError(f"{exc}; see {paths['log']}") from None
+    print(f"Node {name} started: plugin on {args.socket} (pid {proc.pid}), log {paths['log']}")
+    return 0
+
+
+def node_stop(args, ctx) -> int:
+    name = args.name or ctx.host
+    paths = _paths(name)
+    pid = _running_pid(paths["pid"])
+    if pid is None:
+        print(f"Node {name} is not running")
+        return 0
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while _running_pid(paths["pid"]) == pid and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _running_pid(paths["pid"]) == pid:
+        os.kill(pid, signal.SIGKILL)
+    print(f"Node {name} stopped")
+    return 0
+
+
+def node_show(args, ctx) -> int:
+    nodes = list_nodes(ctx.store)
+    if args.json:
+        as_json([{"name": n.name, "ipv4": n.ipv4, "ipv6": n.ipv6, "as": n.as_number} for n in nodes])
+        return 0
+    table(["Name", "IPv4", "IPv6", "AS"],
+          [(n.name, n.ipv4 or "-", n.ipv6 or "-", n.as_number or "-") for n in nodes])
+    return 0
