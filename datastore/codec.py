@@ -17,7 +17,7 @@ R = TypeVar("R")
 
 def dumps(record: Any) -> bytes:
     data = record.to_dict() if hasattr(record, "to_dict") else dataclasses.asdict(record)
-    return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
+    return json.dumps(data, separators=(",", ":")).encode()
 
 
 def loads(cls: type[R], raw: bytes | str) -> R:

