@@ -4,15 +4,20 @@ from __future__ import annotations
 import argparse
 from collections import defaultdict
 
+from datastore import codec, keys
 from ipam import Allocator, InvalidRequest
+from ipam.check import check, repair
 from ipam.inventory import address_info, list_blocks
+
+from plugin.ipamdriver import PURPOSE
+from plugin.records import Endpoint
 
 from .output import as_json, table
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     ipam = sub.add_parser("ipam", help="inspect and repair address allocations")
-    verbs = ipam.add_subparsers(dest="verb", required=True, metavar="{show,info,release}")
+    verbs = ipam.add_subparsers(dest="verb", required=True, metavar="{show,info,release,check}")
 
     show = verbs.add_parser("show", help="blocks per host with used/free counts")
     show.add_argument("--host", help="only this host's blocks")
@@ -27,6 +32,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     release = verbs.add_parser("release", help="release an address")
     release.add_argument("ip", metavar="IP")
     release.set_defaults(func=ipam_release)
+
+    check = verbs.add_parser("check", help="find addresses whose Docker endpoint is gone")
+    check.add_argument("--repair", action="store_true", help="release them and fix the index")
+    check.add_argument("--grace", type=float, default=60.0, metavar="SECONDS",
+                       help="spare allocations younger than this (default 60)")
+    check.set_defaults(func=ipam_check)
 
 
 def ipam_show(args, ctx) -> int:
@@ -82,3 +93,20 @@ def ipam_release(args, ctx) -> int:
     else:
         print(f"{args.ip} was not assigned; nothing to release")
     return 0
+
+
+def ipam_check(args, ctx) -> int:
+    live = {a for kv in ctx.store.get_prefix(keys.ENDPOINTS)
+            for a in codec.loads(Endpoint, kv.value).addresses}
+    findings = check(ctx.store, live, PURPOSE, grace=args.grace)
+    if not findings:
+        print("IPAM is consistent: every Docker address belongs to an endpoint")
+        return 0
+    table(["Problem", "Address", "Handle", "Block"],
+          [(f.kind, f.address, f.handle, f.block or "-") for f in findings])
+    if args.repair:
+        fixed = repair(ctx.store, ctx.host, findings)
+        print(f"Repaired {fixed} of {len(findings)}")
+        return 0
+    print(f"{len(findings)} problem(s); run 'warrenctl ipam check --repair' to fix them")
+    return 1

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import ipaddress
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ from ipam.pools import Pool, parse_cidr
 
 from .errors import PluginError
 
+PURPOSE = "docker"  # attribute of every address Docker asked for (see ipam check)
 GATEWAY_TYPE = "com.docker.network.gateway"
 ADDRESS_TYPE = "RequestAddressType"
 POOL_GATEWAY = {4: "169.254.1.1/32", 6: "fe80::ecee:eeff:feee:eeee/128"}
@@ -97,7 +99,7 @@ class IpamDriver:
                               "through its host (gateway 169.254.1.1)")
         net = parse_cidr(pool_id)
         handle = f"docker-{uuid.uuid4().hex}"
-        attrs = {"purpose": "docker", "pool": pool_id}
+        attrs = {"purpose": PURPOSE, "pool": pool_id, "since": str(int(time.time()))}
         if address:
             got = self.allocator.assign(handle, address=address, attrs=attrs)
             if got.pool != pool_id:
