@@ -22,7 +22,9 @@ from ipam.nodes import Node, list_nodes, register
 from plugin import forward, server
 from plugin.config import DEFAULT_SOCKET
 from plugin.dataplane import Dataplane
+from plugin.errors import PluginError
 from plugin.networks import NetworkDriver
+from plugin.ports import PortPublisher
 from plugin.reconcile import reconcile
 
 from .output import as_json, table
@@ -99,7 +101,12 @@ def node_start(args, ctx) -> int:
     dataplane = Dataplane()
     dataplane.ensure_forwarding()
     driver = NetworkDriver(store=ctx.store, host=name, dataplane=dataplane, underlay_mtu=lambda: 1500)
-    reconcile(dataplane, driver.local_endpoints())
+    endpoints = driver.local_endpoints()
+    reconcile(dataplane, endpoints)
+    try:
+        PortPublisher().sync(endpoints)  # -p rules as etcd says, also after a crash
+    except PluginError as exc:
+        raise NodeError(str(exc)) from None
     os.makedirs(os.path.dirname(args.socket), exist_ok=True)
     if os.path.exists(args.socket):
         os.unlink(args.socket)  # a stale socket makes dockerd wait for a dead plugin

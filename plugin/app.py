@@ -147,6 +147,18 @@ def create_app(network: NetworkDriver, ipam: IpamDriver, scope: str = "local",
         network.leave(_id(b, "NetworkID"), _id(b, "EndpointID"))
         return {}
 
+    @route("NetworkDriver.ProgramExternalConnectivity")
+    def program_external(b):
+        _id(b, "NetworkID")
+        network.program_external(_id(b, "EndpointID"), _map(b, "Options"))
+        return {}
+
+    @route("NetworkDriver.RevokeExternalConnectivity")
+    def revoke_external(b):
+        _id(b, "NetworkID")
+        network.revoke_external(_id(b, "EndpointID"))
+        return {}
+
     @route("NetworkDriver.DiscoverNew")
     def discover_new(_):
         return {}

@@ -24,6 +24,7 @@ from datastore import Datastore, codec, keys
 from .dataplane import GATEWAY_V6, Dataplane, DataplaneError, workload_mtu
 from .errors import PluginError
 from .ipamdriver import POOL_GATEWAY
+from .ports import PortPublisher, parse_portmap
 from .records import Endpoint, Network
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ class NetworkDriver:
     dataplane: Dataplane
     underlay_mtu: Callable[[], int]
     pool_encap: Callable[[str], str] = lambda cidr: "none"
-    ports: object | None = None  # plugin.ports.PortPublisher, when -p is supported
+    ports: PortPublisher | None = None  # owner of the -p DNAT rules (None: -p unsupported)
     _networks: dict[str, Network] = field(default_factory=dict)
 
     # -- networks -----------------------------------------------------------
@@ -116,8 +117,7 @@ class NetworkDriver:
         mtu = network.mtu or self._derived_mtu(network)
         endpoint = Endpoint(id=endpoint_id, network=network_id, host=self.host,
                             ipv4=[v4] if v4 else [], ipv6=[v6] if v6 else [],
-                            mac=given_mac or _mac_for(endpoint_id), mtu=mtu,
-                            ports=list(options.get(PORTMAP) or []))
+                            mac=given_mac or _mac_for(endpoint_id), mtu=mtu)
         self._save(endpoint)
         return {} if given_mac else {"Interface": {"MacAddress": endpoint.mac}}
 
@@ -137,7 +137,34 @@ class NetworkDriver:
 
     def delete_endpoint(self, endpoint_id: str) -> None:
         self.dataplane.remove_workload(endpoint_id)  # normally gone at Leave already
-        self.store.delete(keys.endpoint(self.host, endpoint_id))
+        if self.store.delete(keys.endpoint(self.host, endpoint_id)) and self.ports:
+            self.ports.sync(self.local_endpoints())
+
+    # -- port publishing ------------------------------------------------------
+
+    def program_external(self, endpoint_id: str, options: dict) -> None:
+        mappings = parse_portmap(options.get(PORTMAP))
+        if not mappings:
+            return
+        if self.ports is None:
+            raise PluginError("publishing ports (-p) is not available on this node")
+        endpoint = self.endpoint(endpoint_id)
+        self._save(replace(endpoint, ports=[m.__dict__ for m in mappings], published=True))
+        try:
+            self.ports.sync(self.local_endpoints())
+        except PluginError:
+            self._save(endpoint)
+            raise
+
+    def revoke_external(self, endpoint_id: str) -> None:
+        try:
+            endpoint = self.endpoint(endpoint_id)
+        except PluginError:
+            return
+        if endpoint.published:
+            self._save(replace(endpoint, published=False))
+            if self.ports:
+                self.ports.sync(self.local_endpoints())
 
     def oper_info(self, endpoint_id: str) -> dict:
         endpoint = self.endpoint(endpoint_id)

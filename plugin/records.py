@@ -30,7 +30,8 @@ class Endpoint:
     mtu: int = 1500
     sandbox: str | None = None      # set between Join and Leave
     gateway_slot: int = 1           # 169.254.1.<slot>: one per warren interface of a sandbox
-    ports: list[dict] = field(default_factory=list)  # Docker's port map, for -p
+    ports: list[dict] = field(default_factory=list)  # plugin.ports.Mapping fields, for -p
+    published: bool = False         # between Program- and RevokeExternalConnectivity
 
     @property
     def addresses(self) -> list[str]:

@@ -17,11 +17,13 @@ from .config import PluginConfig
 from .dataplane import Dataplane
 from .ipamdriver import IpamDriver
 from .networks import NetworkDriver
+from .ports import PortPublisher
 
 log = logging.getLogger(__name__)
 
 
-def build(config: PluginConfig, store: Datastore, dataplane: Dataplane) -> Flask:
+def build(config: PluginConfig, store: Datastore, dataplane: Dataplane,
+          ports: PortPublisher | None = None) -> Flask:
     pools = PoolStore(store)
 
     def underlay_mtu() -> int:
@@ -33,7 +35,7 @@ def build(config: PluginConfig, store: Datastore, dataplane: Dataplane) -> Flask
         return pool.encap if pool else "none"
 
     network = NetworkDriver(store=store, host=config.host, dataplane=dataplane,
-                            underlay_mtu=underlay_mtu, pool_encap=pool_encap)
+                            underlay_mtu=underlay_mtu, pool_encap=pool_encap, ports=ports)
     ipam = IpamDriver(Allocator(store, config.host),
                       {4: config.default_pool_v4, 6: config.default_pool_v6})
     return create_app(network, ipam, scope=config.scope)
@@ -45,4 +47,4 @@ def create() -> Flask:
     config = PluginConfig.from_env()
     dataplane = Dataplane()
     dataplane.ensure_forwarding()
-    return build(config, Datastore(EtcdConfig.from_env()), dataplane)
+    return build(config, Datastore(EtcdConfig.from_env()), dataplane, PortPublisher())

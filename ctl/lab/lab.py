@@ -439,6 +439,18 @@ class Lab:
                 raise LabError(f"{h.name}: anchor not ready after {ANCHOR_TIMEOUT:.0f}s")
             time.sleep(0.01)
 
+    def restart_dockerd(self, host: str | int | HostLayout, timeout: float = 30.0) -> None:
+        """Stop a host's dockerd (SIGTERM, as systemd would) and start it again."""
+        h = host if isinstance(host, HostLayout) else self.host(host)
+        pid = procs.read_pidfile(h.path("dockerd.pid"))
+        if procs.matches(pid, self.dockerd):
+            procs.signal_pids([pid], signal.SIGTERM)
+            if procs.wait_gone([pid], timeout):
+                raise LabError(f"{h.name}: dockerd did not stop within {timeout:.0f}s")
+        new = self._spawn_dockerd(h)
+        self._update(lambda s: s["hosts"][h.name].update(dockerd_pid=new))
+        self._wait_dockerd(h, new)
+
     def _spawn_dockerd(self, h: HostLayout) -> int:
         argv = self.nsenter_argv(h, [
             self.dockerd, "-H", h.docker_host,

@@ -1,0 +1,260 @@
+"""The plugin driven by real dockerd in warren-lab hosts, through the real docker CLI.
+
+One 2-host lab (nodes on) serves the module; every test removes its containers
+and networks afterwards, even when it fails.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ctl.lab import IMAGE, Lab
+from tests.e2e.lab.conftest import missing_requirements
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow,
+              pytest.mark.skipif(missing_requirements() is not None,
+                                 reason=missing_requirements() or "")]
+
+
+@pytest.fixture(scope="module")
+def lab():
+    lab = Lab("p" + secrets.token_hex(3))
+    try:
+        lab.up(2, node=True)
+        yield lab
+    finally:
+        lab.down()
+
+
+@pytest.fixture(autouse=True)
+def clean(lab):
+    yield
+    for host in ("host1", "host2"):
+        ids = dk(lab, host, "ps", "-aq").stdout.split()
+        if ids:
+            dk(lab, host, "rm", "-f", *ids, check=False)
+        nets = dk(lab, host, "network", "ls", "-q", "--filter", "driver=warren").stdout.split()
+        if nets:
+            dk(lab, host, "network", "rm", *nets, check=False)
+
+
+# -- helpers -------------------------------------------------------------------
+
+def dk(lab, host, *args, check=True, timeout=120) -> subprocess.CompletedProcess:
+    result = lab.docker(host, list(args), timeout=timeout)
+    if check:
+        assert result.returncode == 0, f"docker {' '.join(args)}: {result.stderr}"
+    return result
+
+
+def ctl(lab, host, *args, check=True) -> subprocess.CompletedProcess:
+    result = lab.exec(host, ["warrenctl", *args], timeout=60, cwd=REPO)
+    if check:
+        assert result.returncode == 0, f"warrenctl {' '.join(args)}: {result.stderr}"
+    return result
+
+
+def run(lab, host, name, net, *extra, command=("sleep", "600")):
+    dk(lab, host, "run", "-d", "--init", "--name", name, "--net", net, *extra, IMAGE, *command)
+
+
+def address(lab, host, name, network, v6=False) -> str:
+    field = "GlobalIPv6Address" if v6 else "IPAddress"
+    return dk(lab, host, "inspect", "-f",
+              f'{{{{(index .NetworkSettings.Networks "{network}").{field}}}}}', name).stdout.strip()
+
+
+def pings(lab, host, container, target, v6=False, count=1) -> bool:
+    argv = ["exec", container, "ping6" if v6 else "ping", "-c", str(count), "-W", "2", target]
+    return dk(lab, host, *argv, check=False).returncode == 0
+
+
+def used_addresses(lab) -> int:
+    return sum(b["used"] for b in json.loads(ctl(lab, "host1", "ipam", "show", "--json").stdout))
+
+
+def count_keys(lab, prefix: str) -> int:
+    code = ("from datastore import Datastore, EtcdConfig; "
+            f"print(len(Datastore(EtcdConfig.from_env()).get_prefix({prefix!r})))")
+    result = lab.exec("host1", [sys.executable, "-c", code], cwd=REPO, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return int(result.stdout.strip())
+
+
+def underlay(lab, host) -> str:
+    return next(h["ipv4"] for h in lab.status()["hosts"] if h["name"] == host)
+
+
+# -- networks and addresses -------------------------------------------------------
+
+def test_two_containers_ping_v4_and_v6(lab):
+    dk(lab, "host1", "network", "create", "-d", "warren", "--ipam-driver", "warren", "--ipv6",
+       "--subnet", "10.20.11.0/24", "--subnet", "fd00:11::/64", "net11")
+    config = json.loads(dk(lab, "host1", "network", "inspect", "net11", "-f", "{{json .IPAM.Config}}").stdout)
+    assert {c["Subnet"] for c in config} == {"10.20.11.0/24", "fd00:11::/64"}
+    run(lab, "host1", "ca", "net11")
+    run(lab, "host1", "cb", "net11")
+    b4, b6 = address(lab, "host1", "cb", "net11"), address(lab, "host1", "cb", "net11", v6=True)
+    assert b4.startswith("10.20.11.") and b6.startswith("fd00:11:")
+    routes = dk(lab, "host1", "exec", "ca", "ip", "route").stdout
+    assert "default via 169.254.1.1 dev eth0" in routes
+    assert pings(lab, "host1", "ca", b4)
+    assert pings(lab, "host1", "ca", b6, v6=True)
+
+
+def test_network_without_subnet_uses_the_default_pool(lab):
+    dk(lab, "host1", "network", "create", "-d", "warren", "--ipam-driver", "warren", "netdef")
+    subnet = dk(lab, "host1", "network", "inspect", "netdef", "-f", "{{(index .IPAM.Config 0).Subnet}}").stdout
+    assert subnet.strip() == "10.30.0.0/16"
+    run(lab, "host1", "ca", "netdef")
+    assert address(lab, "host1", "ca", "netdef").startswith("10.30.")
+
+
+def test_ipam_options_and_their_errors(lab):
+    dk(lab, "host1", "network", "create", "-d", "warren", "--ipam-driver", "warren", "--subnet", "10.20.12.0/24",
+       "--ipam-opt", "nat-outgoing=true", "--ipam-opt", "block-size=28", "net12")
+    pools = {p["cidr"]: p for p in json.loads(ctl(lab, "host1", "pool", "show", "--json").stdout)}
+    assert pools["10.20.12.0/24"]["nat_outgoing"] and pools["10.20.12.0/24"]["block_size"] == 28
+    bad = dk(lab, "host1", "network", "create", "-d", "warren", "--ipam-driver", "warren",
+             "--subnet", "10.20.13.0/24", "--ipam-opt", "colour=blue", "netbad", check=False)
+    assert bad.returncode != 0 and "unknown --ipam-opt colour" in bad.stderr and "nat-outgoing=true" in bad.stderr
+    foreign = dk(lab, "host1", "network", "create", "-d", "warren", "--subnet", "10.20.14.0/24", "netforeign",
+                 check=False)
+    assert foreign.returncode != 0 and "--ipam-driver warren" in foreign.stderr
+
+
+def test_pinned_address_and_mac(lab):
+    dk(lab, "host1", "network", "create", "-d", "warren", "--ipam-driver", "warren", "--subnet", "10.20.15.0/24", "net15")
+    run(lab, "host1", "ca", "net15", "--ip", "10.20.15.50", "--mac-address", "02:42:0a:14:0f:32")
+    link = dk(lab, "host1", "exec", "ca", "ip", "addr", "show", "eth0").stdout
+    assert "10.20.15.50/32" in link and "02:42:0a:14:0f:32" in link
+    info = ctl(lab, "host1", "ipam", "info", "10.20.15.50").stdout
+    assert "Host:       host1" in info and "purpose=docker" in info
+    taken = dk(lab, "host1", "run", "--rm", "--init", "--net", "net15", "--ip", "10.20.15.50", IMAGE, "true",
+               check=False)
+    assert taken.returncode != 0 and "10.20.15.50 is already in use" in taken.stderr
+
+
+def test_pool_exhausted_shows_the_plugin_message(lab):
+    dk(lab, "host1", "network", "create", "-d", "warren", "--ipam-driver", "warren", "--subnet", "10.20.16.0/30",
+       "--ipam-opt", "block-size=30", "net16")
+    for i in range(4):
+        run(lab, "host1", f"c{i}", "net16")
+    full = dk(lab, "host1", "run", "-d", "--init", "--net", "net16", IMAGE, "sleep", "60", check=False)
+    assert full.returncode != 0 and "no free address left in pool 10.20.16.0/30" in full.stderr
+
+
+def test_second_network_with_docker_network_connect(lab):
+    for n, subnet in (("neta", "10.20.17.0/24"), ("netb", "10.20.18.0/24")):
+        dk(lab, "host1", "network", "create", "-d", "warren", "--ipam-driver", "warren", "--subnet", subnet, n)
+    run(lab, "host1", "cx", "neta")
+    run(lab, "host1", "peer-a", "neta")
+    run(lab, "host1", "peer-b", "netb")
+    dk(lab, "host1", "network", "connect", "netb", "cx")
+    routes = dk(lab, "host1", "exec", "cx", "ip", "route").stdout
+    assert "default via 169.254.1.1 dev eth0" in routes
+    assert "10.20.18.0/24 via 169.254.1.2 dev eth1" in routes
+    assert pings(lab, "host1", "cx", address(lab, "host1", "peer-a", "neta"))
+    assert pings(lab, "host1", "cx", address(lab, "host1", "peer-b", "netb"))
+    dk(lab, "host1", "network", "disconnect", "netb", "cx")
+    assert "eth1" not in dk(lab, "host1", "exec", "cx", "ip", "link").stdout
+
+
+def test_stop_start_rm_release_and_reacquire(lab):
+    dk(lab, "host1", "network", "create", "-d", "warren", "--ipam-driver", "warren", "--subnet", "10.20.19.0/24", "net19")
+    before = used_addresses(lab)
+    run(lab, "host1", "ca", "net19")
+    assert used_addresses(lab) == before + 1
+    dk(lab, "host1", "stop", "-t", "1", "ca")
+    assert used_addresses(lab) == before
+    dk(lab, "host1", "start", "ca")
+    assert used_addresses(lab) == before + 1
+    assert address(lab, "host1", "ca", "net19").startswith("10.20.19.")
+    dk(lab, "host1", "rm", "-f", "ca")
+    assert used_addresses(lab) == before
+    assert count_keys(lab, "/warren/v1/endpoints/host1/") == 0
+    assert "consistent" in ctl(lab, "host1", "ipam", "check", "--grace", "0").stdout
+
+
+def test_network_rm_removes_the_record(lab):
+    dk(lab, "host1", "network", "create", "-d", "warren", "--ipam-driver", "warren", "--subnet", "10.20.20.0/24", "net20")
+    network_id = dk(lab, "host1", "network", "inspect", "net20", "-f", "{{.Id}}").stdout.strip()
+    assert count_keys(lab, f"/warren/v1/networks/{network_id}") == 1
+    dk(lab, "host1", "network", "rm", "net20")
+    assert count_keys(lab, f"/warren/v1/networks/{network_id}") == 0
+    pools = [p["cidr"] for p in json.loads(ctl(lab, "host1", "pool", "show", "--json").stdout)]
+    assert "10.20.20.0/24" in pools  # other hosts' networks may still use the pool
+
+
+# -- port publishing ------------------------------------------------------------
+
+def test_published_port_is_reachable_from_another_host(lab):
+    dk(lab, "host1", "network", "create", "-d", "warren", "--ipam-driver", "warren", "--subnet", "10.20.21.0/24", "net21")
+    serve = "mkdir -p /www && echo hello-from-warren > /www/index.html && exec httpd -f -p 80 -h /www"
+    run(lab, "host1", "web", "net21", "-p", "8080:80", command=("sh", "-c", serve))
+    request = "GET / HTTP/1.0\r\n\r\n"  # busybox-static's wget crashes outside a container
+    fetched = None
+    for _ in range(20):
+        fetched = lab.exec("host2", ["busybox", "nc", "-w", "2", underlay(lab, "host1"), "8080"],
+                           input=request, timeout=30)
+        if "hello-from-warren" in fetched.stdout:
+            break
+        time.sleep(0.2)
+    assert "hello-from-warren" in fetched.stdout, fetched.stderr
+    dk(lab, "host1", "rm", "-f", "web")
+    rules = lab.exec("host1", ["iptables", "-t", "nat", "-S", "WARREN-DNAT"]).stdout
+    assert "8080" not in rules
+
+
+# -- restarts ---------------------------------------------------------------------
+
+def plugin_pids(lab, host) -> list[int]:
+    master = int(lab.exec(host, ["cat", f"/run/warren/{host}/plugin.pid"]).stdout.strip())
+    children = subprocess.run(["pgrep", "-P", str(master)], capture_output=True, text=True).stdout.split()
+    return [master, *map(int, children)]
+
+
+def test_plugin_kill_9_keeps_traffic_and_restarts_clean(lab):
+    dk(lab, "host1", "network", "create", "-d", "warren", "--ipam-driver", "warren", "--subnet", "10.20.22.0/24", "net22")
+    run(lab, "host1", "ca", "net22")
+    run(lab, "host1", "cb", "net22")
+    target = address(lab, "host1", "cb", "net22")
+    dk(lab, "host1", "exec", "-d", "ca", "sh", "-c", f"ping -i 0.2 -c 20 -W 1 {target} > /tmp/ping.log 2>&1")
+    time.sleep(0.5)
+    for pid in plugin_pids(lab, "host1"):
+        os.kill(pid, 9)
+    time.sleep(1.5)  # traffic flows while no plugin runs
+    ctl(lab, "host1", "node", "start", "--name", "host1", "--ip", underlay(lab, "host1"))
+    run(lab, "host1", "cc", "net22")
+    assert pings(lab, "host1", "cc", target)
+    time.sleep(3)
+    log = dk(lab, "host1", "exec", "ca", "cat", "/tmp/ping.log").stdout
+    assert "20 packets transmitted, 20 packets received" in log, log
+    assert ctl(lab, "host1", "ipam", "check", "--grace", "0").returncode == 0
+
+
+def test_dockerd_restart(lab):
+    dk(lab, "host1", "network", "create", "-d", "warren", "--ipam-driver", "warren", "--subnet", "10.20.23.0/24", "net23")
+    run(lab, "host1", "ca", "net23", "--restart", "always")
+    run(lab, "host1", "cb", "net23", "--restart", "always")
+    lab.restart_dockerd("host1")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        states = dk(lab, "host1", "ps", "--format", "{{.Names}} {{.State}}").stdout.split("\n")
+        if sorted(s for s in states if s) == ["ca running", "cb running"]:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail(f"containers did not come back: {states}")
+    assert pings(lab, "host1", "ca", address(lab, "host1", "cb", "net23"))
+    assert ctl(lab, "host1", "ipam", "check", "--grace", "0").returncode == 0
+    host_links = lab.exec("host1", ["ip", "-o", "link"]).stdout
+    assert host_links.count(" wrn") == 2  # no interface left behind by the old containers
