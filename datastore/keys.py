@@ -14,12 +14,14 @@ Layout::
     /warren/v1/networks/<docker network id>    plugin.Network (Docker never re-sends CreateNetwork)
     /warren/v1/endpoints/<host>/<endpoint id>  plugin.Endpoint
     /warren/v1/nodes/<name>                    ipam.Node (a host running Warren)
+    /warren/v1/sandboxes/<host>/<sandbox>/<n>  endpoint id holding gateway slot n of a container
 
 Later layers add networks, endpoints, nodes, BGP settings and profiles here,
 and nowhere else.
 """
 from __future__ import annotations
 
+import hashlib
 import re
 
 PREFIX = "/warren/v1/"
@@ -32,6 +34,7 @@ HANDLES = PREFIX + "ipam/handles/"
 NETWORKS = PREFIX + "networks/"
 ENDPOINTS = PREFIX + "endpoints/"
 NODES = PREFIX + "nodes/"
+SANDBOXES = PREFIX + "sandboxes/"
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9_.:@-]{1,253}$")
 
@@ -114,3 +117,13 @@ def endpoint(host: str, endpoint_id: str) -> str:
 
 def node(name: str) -> str:
     return NODES + segment(name, "node name")
+
+
+def sandbox_prefix(host: str, sandbox: str) -> str:
+    """Slots of one container; ``sandbox`` is Docker's netns path, hashed to one segment."""
+    digest = hashlib.sha256(sandbox.encode()).hexdigest()[:20]
+    return SANDBOXES + segment(host, "host name") + "/" + digest + "/"
+
+
+def sandbox_slot(host: str, sandbox: str, slot: int) -> str:
+    return sandbox_prefix(host, sandbox) + str(slot)

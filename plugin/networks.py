@@ -137,7 +137,13 @@ class NetworkDriver:
 
     def delete_endpoint(self, endpoint_id: str) -> None:
         self.dataplane.remove_workload(endpoint_id)  # normally gone at Leave already
-        if self.store.delete(keys.endpoint(self.host, endpoint_id)) and self.ports:
+        try:
+            endpoint = self.endpoint(endpoint_id)
+        except PluginError:
+            return  # already deleted: idempotent
+        self._release_slot(endpoint)
+        self.store.delete(keys.endpoint(self.host, endpoint_id))
+        if endpoint.published and self.ports:
             self.ports.sync(self.local_endpoints())
 
     # -- port publishing ------------------------------------------------------
@@ -183,15 +189,18 @@ class NetworkDriver:
             raise PluginError(f"endpoint {endpoint_id[:12]} belongs to another network")
         network = self.network(network_id)
         slot = self._free_slot(sandbox, endpoint_id)
+        joined = replace(endpoint, sandbox=sandbox, gateway_slot=slot)
         try:
             _, tmp = self.dataplane.create_workload(endpoint_id, endpoint.addresses,
                                                     endpoint.mac, endpoint.mtu)
         except DataplaneError as exc:
+            self._release_slot(joined)
             raise PluginError(str(exc)) from None
         try:
-            self._save(replace(endpoint, sandbox=sandbox, gateway_slot=slot))
+            self._save(joined)
         except Exception:
             self.dataplane.remove_workload(endpoint_id)
+            self._release_slot(joined)
             raise
         gateway = f"169.254.1.{slot}"
         routes = [{"Destination": f"{gateway}/32", "RouteType": 1}]
@@ -211,14 +220,24 @@ class NetworkDriver:
         return response
 
     def _free_slot(self, sandbox: str, endpoint_id: str) -> int:
-        used = {e.gateway_slot for e in self.local_endpoints()
-                if e.sandbox == sandbox and e.id != endpoint_id}
-        slot = 1
-        while slot in used:
-            slot += 1
-        if slot > 254:
-            raise PluginError("too many warren interfaces in one container")
-        return slot
+        """Claim the lowest free gateway slot of this container (create-if-absent keys,
+        so the cost does not grow with the number of endpoints on the host)."""
+        for _ in range(20):
+            held = {int(keys.last_segment(kv.key)): kv.value.decode()
+                    for kv in self.store.get_prefix(keys.sandbox_prefix(self.host, sandbox))}
+            for slot, holder in held.items():
+                if holder == endpoint_id:
+                    return slot
+            slot = next(n for n in range(1, len(held) + 2) if n not in held)
+            if slot > 254:
+                raise PluginError("too many warren interfaces in one container")
+            if self.store.create(keys.sandbox_slot(self.host, sandbox, slot), endpoint_id):
+                return slot
+        raise PluginError("could not pick a gateway for this container; try again")
+
+    def _release_slot(self, endpoint: Endpoint) -> None:
+        if endpoint.sandbox:
+            self.store.delete(keys.sandbox_slot(self.host, endpoint.sandbox, endpoint.gateway_slot))
 
     def leave(self, network_id: str, endpoint_id: str) -> None:
         self.dataplane.remove_workload(endpoint_id)
@@ -226,4 +245,5 @@ class NetworkDriver:
             endpoint = self.endpoint(endpoint_id)
         except PluginError:
             return  # already deleted: Leave is idempotent
+        self._release_slot(endpoint)
         self._save(replace(endpoint, sandbox=None))

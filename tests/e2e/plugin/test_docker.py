@@ -181,6 +181,7 @@ def test_stop_start_rm_release_and_reacquire(lab):
     dk(lab, "host1", "rm", "-f", "ca")
     assert used_addresses(lab) == before
     assert count_keys(lab, "/warren/v1/endpoints/host1/") == 0
+    assert count_keys(lab, "/warren/v1/sandboxes/host1/") == 0
     assert "consistent" in ctl(lab, "host1", "ipam", "check", "--grace", "0").stdout
 
 

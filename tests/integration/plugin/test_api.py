@@ -217,6 +217,7 @@ def test_endpoint_lifecycle(client, store, dataplane):
     ok(client, "IpamDriver.ReleaseAddress", {"PoolID": "10.20.10.0/24", "Address": address.split("/")[0]})
     ok(client, "NetworkDriver.DeleteNetwork", {"NetworkID": NET})
     assert store.get_prefix(keys.ENDPOINTS).kvs == [] and store.get_prefix(keys.NETWORKS).kvs == []
+    assert store.get_prefix(keys.SANDBOXES).kvs == []
 
 
 def test_user_mac_is_respected_and_not_echoed(client, dataplane):
@@ -252,6 +253,12 @@ def test_second_network_in_one_sandbox_gets_its_own_gateway(client, store):
     assert {"Destination": "10.20.20.0/24", "RouteType": 0, "NextHop": "169.254.1.2"} in second["StaticRoutes"]
     destinations = [r["Destination"] for r in first["StaticRoutes"] + second["StaticRoutes"]]
     assert len(destinations) == len(set(destinations)), "no route may be installed twice"
+    ok(client, "NetworkDriver.Leave", {"NetworkID": NET, "EndpointID": EP})
+    third = "9" * 64  # a slot freed by Leave is reused
+    ok(client, "NetworkDriver.CreateEndpoint", {"NetworkID": NET, "EndpointID": third,
+                                                "Interface": {"Address": "10.20.10.10/32"}})
+    assert ok(client, "NetworkDriver.Join", {"NetworkID": NET, "EndpointID": third,
+                                             "SandboxKey": "/sb"})["Gateway"] == "169.254.1.1"
 
 
 def test_ipv6_endpoint_gets_link_local_gateway(client, dataplane):
