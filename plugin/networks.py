@@ -24,6 +24,7 @@ from datastore import Datastore, codec, keys
 from .dataplane import GATEWAY_V6, Dataplane, DataplaneError, workload_mtu
 from .errors import PluginError
 from .ipamdriver import POOL_GATEWAY
+from .names import NameResolver
 from .ports import PortPublisher, parse_portmap
 from .records import Endpoint, Network
 
@@ -53,6 +54,7 @@ class NetworkDriver:
     underlay_mtu: Callable[[], int]
     pool_encap: Callable[[str], str] = lambda cidr: "none"
     ports: PortPublisher | None = None  # owner of the -p DNAT rules (None: -p unsupported)
+    names: NameResolver | None = None   # learns Docker's network names in the background
     _networks: dict[str, Network] = field(default_factory=dict)
 
     # -- networks -----------------------------------------------------------
@@ -88,6 +90,8 @@ class NetworkDriver:
                           profile=generic.get("profile"))
         self.store.put(keys.network(network_id), codec.dumps(network))
         self._networks[network_id] = network
+        if self.names is not None:
+            self.names.resolve_later(network_id)
 
     def delete_network(self, network_id: str) -> None:
         self.store.delete(keys.network(network_id))

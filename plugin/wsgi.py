@@ -16,6 +16,7 @@ from .app import create_app
 from .config import PluginConfig
 from .dataplane import Dataplane
 from .ipamdriver import IpamDriver
+from .names import NameResolver
 from .networks import NetworkDriver
 from .ports import PortPublisher
 
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 def build(config: PluginConfig, store: Datastore, dataplane: Dataplane,
-          ports: PortPublisher | None = None) -> Flask:
+          ports: PortPublisher | None = None, names: NameResolver | None = None) -> Flask:
     pools = PoolStore(store)
 
     def underlay_mtu() -> int:
@@ -35,7 +36,8 @@ def build(config: PluginConfig, store: Datastore, dataplane: Dataplane,
         return pool.encap if pool else "none"
 
     network = NetworkDriver(store=store, host=config.host, dataplane=dataplane,
-                            underlay_mtu=underlay_mtu, pool_encap=pool_encap, ports=ports)
+                            underlay_mtu=underlay_mtu, pool_encap=pool_encap, ports=ports,
+                            names=names)
     ipam = IpamDriver(Allocator(store, config.host),
                       {4: config.default_pool_v4, 6: config.default_pool_v6})
     return create_app(network, ipam, scope=config.scope)
@@ -47,4 +49,5 @@ def create() -> Flask:
     config = PluginConfig.from_env()
     dataplane = Dataplane()
     dataplane.ensure_forwarding()
-    return build(config, Datastore(EtcdConfig.from_env()), dataplane, PortPublisher())
+    store = Datastore(EtcdConfig.from_env())
+    return build(config, store, dataplane, PortPublisher(), NameResolver(store))

@@ -89,6 +89,15 @@ def count_keys(lab, prefix: str) -> int:
     return int(result.stdout.strip())
 
 
+def network_name(lab, network_id: str) -> str | None:
+    code = ("import json; from datastore import Datastore, EtcdConfig; "
+            f"kv = Datastore(EtcdConfig.from_env()).get('/warren/v1/networks/{network_id}'); "
+            "print(json.loads(kv.value)['name'] if kv else '')")
+    result = lab.exec("host1", [sys.executable, "-c", code], cwd=REPO, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip() or None
+
+
 def underlay(lab, host) -> str:
     return next(h["ipv4"] for h in lab.status()["hosts"] if h["name"] == host)
 
@@ -189,6 +198,11 @@ def test_network_rm_removes_the_record(lab):
     dk(lab, "host1", "network", "create", "-d", "warren", "--ipam-driver", "warren", "--subnet", "10.20.20.0/24", "net20")
     network_id = dk(lab, "host1", "network", "inspect", "net20", "-f", "{{.Id}}").stdout.strip()
     assert count_keys(lab, f"/warren/v1/networks/{network_id}") == 1
+    for _ in range(50):  # the name arrives from a background lookup, not from Docker's request
+        if network_name(lab, network_id) == "net20":
+            break
+        time.sleep(0.1)
+    assert network_name(lab, network_id) == "net20"
     dk(lab, "host1", "network", "rm", "net20")
     assert count_keys(lab, f"/warren/v1/networks/{network_id}") == 0
     pools = [p["cidr"] for p in json.loads(ctl(lab, "host1", "pool", "show", "--json").stdout)]
