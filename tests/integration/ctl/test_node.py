@@ -131,3 +131,17 @@ def test_node_start_rejects_a_foreign_address(host):
     ns, env, sock = host
     result = warrenctl(ns, env, "node", "start", "--name", "t1", "--ip", "192.0.2.99", "--socket", sock, check=False)
     assert result.returncode == 1 and "not an address of this host" in result.stderr
+
+
+def test_node_start_foreground_serves_until_stopped(host):
+    ns, env, sock = host
+    proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "ctl.main", "node", "start",
+                             "--name", "t1", "--socket", sock, "--foreground"],
+                            env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        server.wait_ready(sock, alive=lambda: proc.poll() is None, timeout=20)
+        assert ok(sock, "NetworkDriver.GetCapabilities")["Scope"] == "local"
+    finally:
+        proc.terminate()
+        proc.wait(15)
+    assert proc.returncode is not None
