@@ -12,7 +12,6 @@ import logging
 import os
 import socket
 import sys
-import traceback
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -20,15 +19,7 @@ from datastore import Datastore, DatastoreError, EtcdConfig
 from ipam import IpamError
 
 from . import ipamcmd, node, pool
-
-
-class CliError(Exception):
-    """A user error found by the CLI itself."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, not a usage dump
-        raise CliError(f"{message} (see '{self.prog} --help')")
+from .cli import CliError, OneLineParser, run
 
 
 @dataclass
@@ -42,12 +33,12 @@ class Context:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="warrenctl", description="Warren: routed container networking for Docker")
+    parser = OneLineParser(prog="warrenctl", description="Warren: routed container networking for Docker")
     parser.add_argument("--etcd-endpoints", metavar="URLS",
                         help="comma-separated etcd URLs (default: $WARREN_ETCD_ENDPOINTS or http://127.0.0.1:2379)")
     parser.add_argument("--debug", action="store_true", help="verbose logs and tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                                parser_class=_Parser)
+                                parser_class=OneLineParser)
     pool.register(sub)
     ipamcmd.register(sub)
     node.register_commands(sub)
@@ -63,17 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     logging.basicConfig(level=logging.DEBUG if debug else logging.CRITICAL,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
+
+    def action() -> int:
         args = build_parser().parse_args(argv)
-        ctx = Context(endpoints=args.etcd_endpoints, host=default_host())
-        return args.func(args, ctx)
-    except (CliError, IpamError, DatastoreError, ValueError, node.NodeError, OSError) as exc:
-        if debug:
-            traceback.print_exc()
-        print(f"warrenctl: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+        return args.func(args, Context(endpoints=args.etcd_endpoints, host=default_host()))
+    return run("warrenctl", action, (IpamError, DatastoreError, ValueError, node.NodeError, OSError), debug)
 
 
 if __name__ == "__main__":

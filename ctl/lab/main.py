@@ -19,19 +19,12 @@ import json
 import logging
 import os
 import sys
-import traceback
 
+from ..cli import CliError, OneLineParser, run
 from .lab import Lab, LabError
 from .layout import DEFAULT_NAME, MAX_HOSTS
 
 
-class CliError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        raise CliError(f"{message} (see '{self.prog} --help')")
 
 
 def _default_name() -> str:
@@ -39,13 +32,13 @@ def _default_name() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="warren-lab", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="warren-lab", description=__doc__.split("\n\n")[0])
     parser.add_argument("--name", default=_default_name(), help="lab name (default: %(default)s)")
     parser.add_argument("-v", "--verbose", action="store_true", help="progress logs")
     parser.add_argument("--debug", action="store_true", help="debug logs and tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                                parser_class=_Parser)
-    named = _Parser(add_help=False)
+                                parser_class=OneLineParser)
+    named = OneLineParser(add_help=False)
     named.add_argument("--name", default=argparse.SUPPRESS, help="lab name")
 
     p = sub.add_parser("up", parents=[named], help="create the lab")
@@ -156,16 +149,11 @@ def main(argv: list[str] | None = None) -> int:
     verbose = "-v" in head or "--verbose" in head
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
+
+    def action() -> int:
         args = build_parser().parse_args(argv)
         return args.func(args, Lab(args.name))
-    except (CliError, LabError, ValueError, OSError) as exc:
-        if debug:
-            traceback.print_exc()
-        print(f"warren-lab: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    return run("warren-lab", action, (LabError, ValueError, OSError), debug)
 
 
 if __name__ == "__main__":
