@@ -13,6 +13,7 @@ import argparse
 import os
 import signal
 import subprocess
+import sys
 import time
 
 from pyroute2 import IPRoute
@@ -46,6 +47,7 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
     start.add_argument("--ip6", help="this host's underlay IPv6 address")
     start.add_argument("--socket", default=os.environ.get("WARREN_PLUGIN_SOCKET", DEFAULT_SOCKET))
     start.add_argument("--foreground", action="store_true", help="run the plugin in this process")
+    start.add_argument("--no-bgp", action="store_true", help="do not run a BGP speaker (single host)")
     start.set_defaults(func=node_start)
     stop = verbs.add_parser("stop", help="stop this host's node")
     stop.add_argument("--name")
@@ -58,17 +60,45 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
 def _paths(name: str) -> dict[str, str]:
     run, logs = os.path.join(RUN_DIR, name), os.path.join(LOG_DIR, name)
     return {"run": run, "logs": logs, "pid": os.path.join(run, "plugin.pid"),
-            "log": os.path.join(logs, "plugin.log")}
+            "log": os.path.join(logs, "plugin.log"), "bgp_pid": os.path.join(run, "bgp.pid"),
+            "bgp_log": os.path.join(logs, "bgp-speaker.out")}
 
 
-def _running_pid(pidfile: str) -> int | None:
-    """The pid in ``pidfile`` if that process is still our plugin server."""
+PLUGIN_MARK, BGP_MARK = b"plugin.wsgi", b"bgp.speaker"
+
+
+def _running_pid(pidfile: str, mark: bytes = PLUGIN_MARK) -> int | None:
+    """The pid in ``pidfile`` if that process is still ours (its command line has ``mark``)."""
     try:
         pid = int(open(pidfile).read().strip())
         cmdline = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ")
     except (OSError, ValueError):
         return None
-    return pid if b"gunicorn" in cmdline and b"plugin.wsgi" in cmdline else None
+    return pid if mark in cmdline else None
+
+
+def _stop(pidfile: str, mark: bytes, timeout: float = 15.0) -> bool:
+    pid = _running_pid(pidfile, mark)
+    if pid is None:
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _running_pid(pidfile, mark) == pid and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _running_pid(pidfile, mark) == pid:
+        os.kill(pid, signal.SIGKILL)
+    return True
+
+
+def _start_speaker(name: str, paths: dict[str, str], env: dict[str, str]) -> int:
+    argv = [sys.executable, "-m", "bgp.speaker", "--node", name,
+            "--run-dir", paths["run"], "--log-dir", paths["logs"]]
+    with open(paths["bgp_log"], "ab") as out:
+        proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    with open(paths["bgp_pid"], "w") as f:
+        f.write(str(proc.pid))
+    return proc.pid
 
 
 def _underlay(ipv4: str | None) -> tuple[str | None, str | None]:
@@ -120,6 +150,9 @@ def node_start(args, ctx) -> int:
     if iface:
         env.setdefault("WARREN_UNDERLAY_IFACE", iface)
     argv = server.gunicorn_argv(args.socket, paths["pid"], paths["log"])
+    if not args.no_bgp:
+        _stop(paths["bgp_pid"], BGP_MARK)  # a speaker left from a killed node
+        _start_speaker(name, paths, env)
     if args.foreground:
         os.execve(argv[0], argv, env)
     with open(paths["log"], "ab") as log:
@@ -138,17 +171,9 @@ def node_start(args, ctx) -> int:
 def node_stop(args, ctx) -> int:
     name = args.name or ctx.host
     paths = _paths(name)
-    pid = _running_pid(paths["pid"])
-    if pid is None:
-        print(f"Node {name} is not running")
-        return 0
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 10
-    while _running_pid(paths["pid"]) == pid and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if _running_pid(paths["pid"]) == pid:
-        os.kill(pid, signal.SIGKILL)
-    print(f"Node {name} stopped")
+    bgp = _stop(paths["bgp_pid"], BGP_MARK)     # first: peers withdraw our routes at once
+    plugin = _stop(paths["pid"], PLUGIN_MARK)
+    print(f"Node {name} stopped" if bgp or plugin else f"Node {name} is not running")
     return 0
 
 

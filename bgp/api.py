@@ -1,0 +1,238 @@
+"""The ExaBGP API process: announces this node's routes, installs its peers'.
+
+ExaBGP starts it (``process warren-api``) and talks to it over stdio: its
+stdout carries commands to ExaBGP, one per line; its stdin carries JSON
+events, the text of ``show`` commands and one ``done``/``error`` ack per
+command. Three threads:
+
+* **reader**: parses stdin; updates the RIB (:class:`bgp.rib.Rib`) and applies
+  the resulting FIB diff right away (one netlink socket per update message);
+* **announcer** (main thread): reads this node's blocks from etcd, announces
+  them (a peer that comes up later gets them replayed), then follows a watch
+  and announces/withdraws the difference; sends End-of-RIB once everything is
+  announced (``manual-eor``). If etcd is unreachable it keeps what it has
+  and retries - routes and sessions are never torn down for that;
+* **sweeper**: expires stale routes of peers in graceful restart.
+
+At start it adopts the routes a previous incarnation left in the kernel as
+stale (owner = next hop), asks ExaBGP for ``show adj-rib in`` (ExaBGP does
+not replay to a respawned API process) and sweeps whatever nobody
+re-announces.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import threading
+import time
+from queue import Queue
+
+from datastore import Datastore, DatastoreError, EtcdConfig, codec, keys
+from ipam import Block
+from ipam.nodes import get_node
+
+from . import rib as ribmod
+from .fib import Fib
+
+log = logging.getLogger("warren.bgp.api")
+
+
+class ApiProcess:
+    def __init__(self, node: str, store: Datastore, fib: Fib, out=sys.stdout,
+                 stale_time: float = 120.0):
+        self.node = node
+        self.store = store
+        self.fib = fib
+        self.out = out
+        self.stale_time = stale_time
+        self.rib = ribmod.Rib()
+        self.lock = threading.RLock()
+        self.write_lock = threading.Lock()
+        self.announced: set[str] = set()
+        self.ipv6: str | None = None
+        self.ready = False
+        self.up: set[str] = set()
+        self._show: Queue = Queue()      # text lines of a pending "show" command
+        self._collecting = False
+        self._kernel: dict[str, str] = {}
+
+    # -- output ---------------------------------------------------------------
+
+    def send(self, command: str) -> None:
+        with self.write_lock:
+            self.out.write(command + "\n")
+            self.out.flush()
+
+    # -- events from ExaBGP -------------------------------------------------------
+
+    def on_line(self, line: str) -> None:
+        line = line.strip()
+        if not line:
+            return
+        if line in ("done", "error"):
+            if line == "error":
+                log.warning("ExaBGP refused a command")
+            if self._collecting:
+                self._collecting = False
+                self._show.put(None)
+            return
+        if not line.startswith("{"):
+            if self._collecting:
+                self._show.put(line)
+            return
+        try:
+            event = ribmod.parse_event(json.loads(line))
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("unreadable event from ExaBGP (%s): %.200s", exc, line)
+            return
+        with self.lock:
+            self.handle(event)
+
+    def handle(self, event: ribmod.Event) -> None:
+        if event.kind == "up":
+            log.info("peer %s up", event.peer)
+            self.up.add(event.peer)
+            if self.ready:
+                self.replay(event.peer)
+        elif event.kind == "down":
+            graceful = ribmod.keeps_routes(event.reason)
+            log.info("peer %s down (%s)%s", event.peer, event.reason or "no reason",
+                     ", keeping its routes as stale" if graceful else "")
+            self.up.discard(event.peer)
+            self.rib.peer_down(event.peer, graceful, time.monotonic() + self.stale_time)
+            self.sync_fib()
+        elif event.kind == "update":
+            self.rib.update(event.peer, event.announced, event.withdrawn)
+            self.sync_fib()
+        elif event.kind == "eor":
+            self.rib.end_of_rib(event.peer)
+            self.sync_fib()
+
+    def sync_fib(self) -> None:
+        changes, removed = ribmod.diff(self._kernel, self.rib.fib())
+        if changes or removed:
+            self.fib.apply(changes, removed)
+            for prefix in removed:
+                self._kernel.pop(prefix, None)
+            self._kernel.update(changes)
+
+    def replay(self, peer: str) -> None:
+        for prefix in sorted(self.announced):
+            self.send(f"neighbor {peer} {ribmod.announce(prefix, self.ipv6)}")
+        self.send(f"neighbor {peer} announce eor ipv4 unicast")
+        self.send(f"neighbor {peer} announce eor ipv6 unicast")
+
+    # -- start-up -------------------------------------------------------------------
+
+    def adopt_kernel(self) -> None:
+        """Routes a previous incarnation installed: stale until re-learned."""
+        deadline = time.monotonic() + self.stale_time
+        self._kernel = self.fib.learned()
+        for prefix, next_hop in self._kernel.items():
+            if next_hop:
+                self.rib.routes.setdefault(next_hop, {})[prefix] = next_hop
+                self.rib.stale.setdefault(next_hop, {})[prefix] = deadline
+
+    def resync_from_speaker(self, timeout: float = 5.0) -> None:
+        self._collecting = True
+        self.send("show adj-rib in")
+        lines, end = [], time.monotonic() + timeout
+        while time.monotonic() < end:
+            try:
+                item = self._show.get(timeout=max(0.0, end - time.monotonic()))
+            except Exception:
+                break
+            if item is None:
+                break
+            lines.append(item)
+        self._collecting = False
+        with self.lock:
+            for peer, routes in ribmod.parse_adj_rib_in(lines).items():
+                self.rib.update(peer, routes, [])
+                self.up.add(peer)
+            self.sync_fib()
+
+    # -- announcing -------------------------------------------------------------------
+
+    def wanted(self) -> tuple[set[str], int]:
+        snapshot = self.store.get_prefix(keys.BLOCKS)
+        blocks = [codec.loads(Block, kv.value) for kv in snapshot]
+        own = {b.cidr for b in blocks if b.affinity == self.node}
+        self.fib.set_blackholes(own)
+        return ribmod.local_routes(blocks, self.node), snapshot.revision
+
+    def announce_diff(self, wanted: set[str]) -> None:
+        with self.lock:
+            for prefix in sorted(wanted - self.announced):
+                try:
+                    self.send(ribmod.announce(prefix, self.ipv6))
+                except ValueError as exc:
+                    log.warning("%s", exc)
+                    continue
+                self.announced.add(prefix)
+            for prefix in sorted(self.announced - wanted):
+                self.send(ribmod.withdraw(prefix))
+                self.announced.discard(prefix)
+
+    def announcer(self, stop: threading.Event) -> None:
+        backoff = 0.5
+        while not stop.is_set():
+            try:
+                node = get_node(self.store, self.node)
+                self.ipv6 = node.ipv6 if node else None
+                wanted, revision = self.wanted()
+                self.announce_diff(wanted)
+                if not self.ready:
+                    with self.lock:
+                        self.ready = True
+                        self.send("announce eor ipv4 unicast")
+                        self.send("announce eor ipv6 unicast")
+                        for peer in list(self.up):
+                            self.replay(peer)
+                backoff = 0.5
+                watch = self.store.watch_prefix(keys.BLOCKS, start_revision=revision + 1)
+                stopper = threading.Thread(target=lambda: (stop.wait(), watch.cancel()), daemon=True)
+                stopper.start()
+                for _ in watch:
+                    self.announce_diff(self.wanted()[0])
+            except DatastoreError as exc:
+                log.warning("etcd: %s; keeping current routes, retrying", exc)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 10)
+
+    def sweeper(self, stop: threading.Event) -> None:
+        while not stop.wait(1.0):
+            with self.lock:
+                self.rib.expire(time.monotonic())
+                self.sync_fib()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="warren-bgp-api")
+    ap.add_argument("--node", required=True)
+    ap.add_argument("--stale-time", type=float, default=120.0)
+    ap.add_argument("--log", default=None)
+    args = ap.parse_args(argv)
+    logging.basicConfig(filename=args.log, level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s")
+    api = ApiProcess(args.node, Datastore(EtcdConfig.from_env()), Fib(), stale_time=args.stale_time)
+    stop = threading.Event()
+    api.adopt_kernel()
+
+    def read() -> None:
+        for line in sys.stdin:
+            api.on_line(line)
+        stop.set()  # ExaBGP went away: exit (it respawns us)
+
+    threading.Thread(target=read, name="reader", daemon=True).start()
+    api.resync_from_speaker()
+    threading.Thread(target=api.sweeper, args=(stop,), name="sweeper", daemon=True).start()
+    threading.Thread(target=api.announcer, args=(stop,), name="announcer", daemon=True).start()
+    stop.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""The kernel routes the BGP API process owns, tagged ``proto 81``.
+
+* learned routes: ``<prefix> via <peer underlay address>`` (plain routed mode);
+* a ``blackhole`` route for each block this node owns, so an unused address
+  of an owned block is dropped here instead of leaving by the default route
+  (the /32 workload routes are more specific and win).
+
+Both kinds carry :data:`RTPROT_WARREN_BGP`, so start-up can find exactly our
+routes and nobody else's. Every change of one burst goes through one netlink
+socket.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+
+from pyroute2 import IPRoute, NetlinkError
+
+log = logging.getLogger(__name__)
+
+RTPROT_WARREN_BGP = 81
+RTN_UNICAST, RTN_BLACKHOLE = 1, 6
+
+
+def _family(prefix: str) -> int:
+    return socket.AF_INET if ipaddress.ip_network(prefix).version == 4 else socket.AF_INET6
+
+
+def _dst(route) -> str:
+    family_len = 32 if route["family"] == socket.AF_INET else 128
+    dst = route.get_attr("RTA_DST") or ("0.0.0.0" if family_len == 32 else "::")
+    return str(ipaddress.ip_network(f"{dst}/{route['dst_len']}"))
+
+
+class Fib:
+    def learned(self) -> dict[str, str]:
+        """prefix -> next hop of our unicast routes in the kernel."""
+        return {p: nh for p, (kind, nh) in self._ours().items() if kind == RTN_UNICAST}
+
+    def blackholes(self) -> set[str]:
+        return {p for p, (kind, _) in self._ours().items() if kind == RTN_BLACKHOLE}
+
+    def _ours(self) -> dict[str, tuple[int, str | None]]:
+        out = {}
+        with IPRoute() as ipr:
+            for family in (socket.AF_INET, socket.AF_INET6):
+                for r in ipr.get_routes(family=family, proto=RTPROT_WARREN_BGP):
+                    out[_dst(r)] = (r["type"], r.get_attr("RTA_GATEWAY"))
+        return out
+
+    def apply(self, changes: dict[str, str], removed: list[str]) -> int:
+        """Install/replace ``changes`` (prefix -> next hop), delete ``removed``."""
+        failures = 0
+        with IPRoute() as ipr:
+            for prefix, next_hop in changes.items():
+                try:
+                    ipr.route("replace", dst=prefix, gateway=next_hop, family=_family(prefix),
+                              proto=RTPROT_WARREN_BGP)
+                except NetlinkError as exc:
+                    failures += 1
+                    log.warning("cannot install %s via %s: %s", prefix, next_hop, exc)
+            for prefix in removed:
+                self._delete(ipr, prefix, RTN_UNICAST)
+        return failures
+
+    def set_blackholes(self, wanted: set[str]) -> None:
+        current = self.blackholes()
+        with IPRoute() as ipr:
+            for prefix in wanted - current:
+                try:
+                    ipr.route("replace", dst=prefix, type="blackhole", family=_family(prefix),
+                              proto=RTPROT_WARREN_BGP)
+                except NetlinkError as exc:
+                    log.warning("cannot blackhole %s: %s", prefix, exc)
+            for prefix in current - wanted:
+                self._delete(ipr, prefix, RTN_BLACKHOLE)
+
+    @staticmethod
+    def _delete(ipr: IPRoute, prefix: str, kind: int) -> None:
+        try:
+            ipr.route("del", dst=prefix, family=_family(prefix), proto=RTPROT_WARREN_BGP,
+                      type="blackhole" if kind == RTN_BLACKHOLE else "unicast")
+        except NetlinkError as exc:
+            if exc.code not in (3, 2):  # ESRCH/ENOENT: already gone
+                log.warning("cannot remove %s: %s", prefix, exc)

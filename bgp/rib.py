@@ -1,0 +1,148 @@
+"""What to announce and what to install: pure functions of etcd and BGP state.
+
+* **Local routes** come from IPAM: every block affine to this node (one route
+  per block, aggregated) plus a /32 (/128) for each address this node
+  borrowed from another node's block - longest prefix wins, so the borrowed
+  address still reaches this node.
+* **Learned routes** come from ExaBGP's JSON events, kept per peer; the FIB
+  holds one route per prefix (the lowest peer address wins a tie).
+* **Graceful restart**: when a peer's session drops without a NOTIFICATION
+  (its speaker was killed or restarted) its routes are kept, marked stale,
+  until it re-announces and sends End-of-RIB (then the rest are swept) or the
+  stale timer runs out. A hold-timer expiry or a Cease (the peer stopped on
+  purpose, or vanished) removes them at once.
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from ipam import Block
+
+
+def local_routes(blocks: list[Block], node: str) -> set[str]:
+    routes = set()
+    for block in blocks:
+        if block.affinity == node:
+            routes.add(block.cidr)
+            continue
+        for ordinal, allocation in block.allocations.items():
+            if allocation.host == node:
+                address = ipaddress.ip_address(block.address(ordinal))
+                routes.add(f"{address}/{address.max_prefixlen}")
+    return routes
+
+
+def announce(prefix: str, ipv6_next_hop: str | None) -> str:
+    """The ExaBGP command announcing ``prefix`` from this node."""
+    if ipaddress.ip_network(prefix).version == 4:
+        return f"announce route {prefix} next-hop self"
+    if not ipv6_next_hop:
+        raise ValueError(f"{prefix}: this node has no IPv6 underlay address to announce it with")
+    return f"announce route {prefix} next-hop {ipv6_next_hop}"
+
+
+def withdraw(prefix: str) -> str:
+    return f"withdraw route {prefix}"
+
+
+@dataclass
+class Event:
+    kind: str                     # up | down | update | eor | other
+    peer: str = ""
+    reason: str = ""
+    announced: dict[str, str] = field(default_factory=dict)   # prefix -> next hop
+    withdrawn: list[str] = field(default_factory=list)
+
+
+def parse_event(data: dict) -> Event:
+    neighbor = data.get("neighbor") or {}
+    peer = (neighbor.get("address") or {}).get("peer", "")
+    kind = data.get("type")
+    if kind == "state":
+        state = neighbor.get("state")
+        if state in ("up", "down"):
+            return Event(state, peer, reason=str(neighbor.get("reason", "")))
+        return Event("other", peer)
+    if kind != "update":
+        return Event("other", peer)
+    message = neighbor.get("message") or {}
+    if "eor" in message:
+        return Event("eor", peer)
+    update = message.get("update") or {}
+    event = Event("update", peer)
+    for family in (update.get("announce") or {}).values():
+        for next_hop, nlris in family.items():
+            for item in nlris:
+                event.announced[item["nlri"]] = next_hop
+    for nlris in (update.get("withdraw") or {}).values():
+        event.withdrawn += [item["nlri"] for item in nlris]
+    return event
+
+
+def parse_adj_rib_in(lines: list[str]) -> dict[str, dict[str, str]]:
+    """``show adj-rib in`` text (5.0 and 4.2 forms) -> peer -> prefix -> next hop."""
+    out: dict[str, dict[str, str]] = {}
+    for line in lines:
+        words = line.split()
+        if words[:1] == ["neighbor"]:
+            words = words[1:]
+        if len(words) >= 6 and words[4] == "next-hop":
+            out.setdefault(words[0], {})[words[3]] = words[5]
+    return out
+
+
+def keeps_routes(reason: str) -> bool:
+    """Whether a session that went down with ``reason`` is a graceful restart."""
+    reason = reason.lower()
+    return not any(word in reason for word in ("notification", "hold", "cease"))
+
+
+@dataclass
+class Rib:
+    """Routes learned per peer, with stale marks for graceful restart."""
+    routes: dict[str, dict[str, str]] = field(default_factory=dict)   # peer -> prefix -> nh
+    stale: dict[str, dict[str, float]] = field(default_factory=dict)  # peer -> prefix -> deadline
+
+    def fib(self) -> dict[str, str]:
+        """prefix -> next hop, the lowest peer address winning a tie."""
+        out: dict[str, str] = {}
+        for peer in sorted(self.routes, key=ipaddress.ip_address, reverse=True):
+            out.update(self.routes[peer])
+        return out
+
+    def update(self, peer: str, announced: dict[str, str], withdrawn: list[str]) -> None:
+        routes = self.routes.setdefault(peer, {})
+        routes.update(announced)
+        for prefix in withdrawn:
+            routes.pop(prefix, None)
+        stale = self.stale.get(peer, {})
+        for prefix in list(announced) + withdrawn:
+            stale.pop(prefix, None)
+
+    def peer_down(self, peer: str, graceful: bool, deadline: float) -> None:
+        if graceful:
+            self.stale[peer] = {p: deadline for p in self.routes.get(peer, {})}
+        else:
+            self.routes.pop(peer, None)
+            self.stale.pop(peer, None)
+
+    def end_of_rib(self, peer: str) -> None:
+        for prefix in self.stale.pop(peer, {}):
+            self.routes.get(peer, {}).pop(prefix, None)
+
+    def expire(self, now: float) -> None:
+        for peer, prefixes in list(self.stale.items()):
+            for prefix, deadline in list(prefixes.items()):
+                if deadline <= now:
+                    del prefixes[prefix]
+                    self.routes.get(peer, {}).pop(prefix, None)
+            if not prefixes:
+                del self.stale[peer]
+
+
+def diff(current: dict[str, str], wanted: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    """(routes to add or change, prefixes to remove)."""
+    changes = {p: nh for p, nh in wanted.items() if current.get(p) != nh}
+    removed = [p for p in current if p not in wanted]
+    return changes, removed
