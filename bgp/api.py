@@ -14,7 +14,8 @@ command. Three threads:
   and retries - routes and sessions are never torn down for that;
 * **sweeper**: expires stale routes of peers in graceful restart.
 
-At start it adopts the routes a previous incarnation left in the kernel as
+On SIGTERM (sent by the speaker when the node stops) it withdraws every route
+it announced before exiting. At start it adopts the routes a previous incarnation left in the kernel as
 stale (owner = next hop), asks ExaBGP for ``show adj-rib in`` (ExaBGP does
 not replay to a respawned API process) and sweeps whatever nobody
 re-announces.
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 import threading
 import time
@@ -31,7 +33,7 @@ from queue import Queue
 
 from datastore import Datastore, DatastoreError, EtcdConfig, codec, keys
 from ipam import Block
-from ipam.nodes import get_node
+from ipam.nodes import get_node, list_nodes
 
 from . import rib as ribmod
 from .fib import Fib
@@ -88,7 +90,10 @@ class ApiProcess:
             log.warning("unreadable event from ExaBGP (%s): %.200s", exc, line)
             return
         with self.lock:
-            self.handle(event)
+            try:
+                self.handle(event)
+            except Exception:  # never let one event kill the reader: ExaBGP would
+                log.exception("failed to handle %s from %s", event.kind, event.peer)  # respawn us 5x and die
 
     def handle(self, event: ribmod.Event) -> None:
         if event.kind == "up":
@@ -126,14 +131,18 @@ class ApiProcess:
 
     # -- start-up -------------------------------------------------------------------
 
-    def adopt_kernel(self) -> None:
-        """Routes a previous incarnation installed: stale until re-learned."""
+    def adopt_kernel(self, session_of: dict[str, str]) -> None:
+        """Routes a previous incarnation installed: stale until re-learned.
+
+        ``session_of`` maps a next hop (a node's underlay v4 or v6 address) to
+        the address of the BGP session it was learned on (the node's v4)."""
         deadline = time.monotonic() + self.stale_time
         self._kernel = self.fib.learned()
         for prefix, next_hop in self._kernel.items():
             if next_hop:
-                self.rib.routes.setdefault(next_hop, {})[prefix] = next_hop
-                self.rib.stale.setdefault(next_hop, {})[prefix] = deadline
+                peer = session_of.get(next_hop, next_hop)
+                self.rib.routes.setdefault(peer, {})[prefix] = next_hop
+                self.rib.stale.setdefault(peer, {})[prefix] = deadline
 
     def resync_from_speaker(self, timeout: float = 5.0) -> None:
         self._collecting = True
@@ -202,11 +211,35 @@ class ApiProcess:
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 10)
 
+    def withdraw_all(self) -> None:
+        """Withdraw everything we announced (node stop): peers drop our routes at
+        once instead of keeping them as stale for a graceful restart."""
+        with self.lock:
+            for prefix in sorted(self.announced):
+                self.send(ribmod.withdraw(prefix))
+            log.info("withdrew %d routes", len(self.announced))
+            self.announced.clear()
+
     def sweeper(self, stop: threading.Event) -> None:
         while not stop.wait(1.0):
             with self.lock:
                 self.rib.expire(time.monotonic())
                 self.sync_fib()
+
+
+def sessions_by_next_hop(store: Datastore) -> dict[str, str]:
+    try:
+        nodes = list_nodes(store)
+    except DatastoreError as exc:
+        log.warning("etcd: %s; adopting kernel routes by next hop", exc)
+        return {}
+    out = {}
+    for node in nodes:
+        if node.ipv4:
+            out[node.ipv4] = node.ipv4
+            if node.ipv6:
+                out[node.ipv6] = node.ipv4
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -217,9 +250,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(filename=args.log, level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s")
-    api = ApiProcess(args.node, Datastore(EtcdConfig.from_env()), Fib(), stale_time=args.stale_time)
+    store = Datastore(EtcdConfig.from_env())
+    api = ApiProcess(args.node, store, Fib(), stale_time=args.stale_time)
     stop = threading.Event()
-    api.adopt_kernel()
+    api.adopt_kernel(sessions_by_next_hop(store))
 
     def read() -> None:
         for line in sys.stdin:
@@ -230,7 +264,12 @@ def main(argv: list[str] | None = None) -> int:
     api.resync_from_speaker()
     threading.Thread(target=api.sweeper, args=(stop,), name="sweeper", daemon=True).start()
     threading.Thread(target=api.announcer, args=(stop,), name="announcer", daemon=True).start()
+    leaving = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: (leaving.set(), stop.set()))
     stop.wait()
+    if leaving.is_set():
+        api.withdraw_all()
+        time.sleep(0.5)  # let ExaBGP put the withdrawals on the wire
     return 0
 
 

@@ -107,7 +107,7 @@ class Rib:
     def fib(self) -> dict[str, str]:
         """prefix -> next hop, the lowest peer address winning a tie."""
         out: dict[str, str] = {}
-        for peer in sorted(self.routes, key=ipaddress.ip_address, reverse=True):
+        for peer in sorted(self.routes, key=_address_key, reverse=True):
             out.update(self.routes[peer])
         return out
 
@@ -139,6 +139,11 @@ class Rib:
                     self.routes.get(peer, {}).pop(prefix, None)
             if not prefixes:
                 del self.stale[peer]
+
+
+def _address_key(text: str) -> tuple[int, int]:
+    address = ipaddress.ip_address(text)
+    return address.version, int(address)
 
 
 def diff(current: dict[str, str], wanted: dict[str, str]) -> tuple[dict[str, str], list[str]]:

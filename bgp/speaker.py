@@ -100,6 +100,15 @@ class Speaker:
                 log.warning("node registry: %s; retrying", exc)
                 self.stop.wait(2)
 
+    def withdraw_before_exit(self, timeout: float = 3.0) -> None:
+        """Ask the API process to withdraw our routes, then let ExaBGP go."""
+        api = _children_with(self.proc.pid, b"bgp.api")
+        for pid in api:
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while api and time.monotonic() < deadline and any(os.path.exists(f"/proc/{p}") for p in api):
+            time.sleep(0.05)
+
     def run(self) -> int:
         threading.Thread(target=self.follow_nodes, name="nodes", daemon=True).start()
         backoff = 1.0
@@ -125,12 +134,28 @@ class Speaker:
             backoff = min(backoff * 2, 30)
         with self.lock:
             if self.proc and self.proc.poll() is None:
+                self.withdraw_before_exit()
                 self.proc.terminate()
                 try:
                     self.proc.wait(10)
                 except subprocess.TimeoutExpired:
                     self.proc.kill()
         return 0
+
+
+def _children_with(pid: int, mark: bytes) -> list[int]:
+    try:
+        children = open(f"/proc/{pid}/task/{pid}/children").read().split()
+    except OSError:
+        return []
+    found = []
+    for child in map(int, children):
+        try:
+            if mark in open(f"/proc/{child}/cmdline", "rb").read():
+                found.append(child)
+        except OSError:
+            pass
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
