@@ -27,7 +27,8 @@ import time
 from datastore import Datastore, DatastoreError, EtcdConfig, keys
 from ipam.nodes import Node, get_node, list_nodes
 
-from .config import DEFAULT_AS, Peer, SpeakerConfig, environment, render
+from .config import DEFAULT_AS, DEFAULT_HOLD, Peer, SpeakerConfig, environment, render
+from .natout import NatOutgoing
 
 log = logging.getLogger("warren.bgp.speaker")
 
@@ -54,7 +55,8 @@ class Speaker:
         api = (sys.executable, "-m", "bgp.api", "--node", self.node,
                "--log", os.path.join(self.log_dir, "bgp-api.log"))
         return SpeakerConfig(node=self.node, router_id=me.ipv4, as_number=me.as_number or DEFAULT_AS,
-                             peers=peers_for(me, list_nodes(self.store)), api_argv=api)
+                             peers=peers_for(me, list_nodes(self.store)), api_argv=api,
+                             hold_time=int(os.environ.get("WARREN_BGP_HOLD_TIME", DEFAULT_HOLD)))
 
     def write_config(self) -> tuple[SpeakerConfig, bool]:
         config = self.config()
@@ -111,6 +113,8 @@ class Speaker:
 
     def run(self) -> int:
         threading.Thread(target=self.follow_nodes, name="nodes", daemon=True).start()
+        threading.Thread(target=NatOutgoing().follow, args=(self.store, self.stop),
+                         name="nat-outgoing", daemon=True).start()
         backoff = 1.0
         while not self.stop.is_set():
             try:

@@ -9,15 +9,14 @@ import json
 import os
 import secrets
 import subprocess
-import sys
 import time
 
 import pytest
 
 from ctl.lab import IMAGE, Lab
+from tests.e2e.helpers import (address, count_keys, ctl, dk, network_name, pings, remove_all, run,
+                               underlay, used_addresses)
 from tests.e2e.lab.conftest import missing_requirements
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow,
               pytest.mark.skipif(missing_requirements() is not None,
@@ -37,69 +36,7 @@ def lab():
 @pytest.fixture(autouse=True)
 def clean(lab):
     yield
-    for host in ("host1", "host2"):
-        ids = dk(lab, host, "ps", "-aq").stdout.split()
-        if ids:
-            dk(lab, host, "rm", "-f", *ids, check=False)
-        nets = dk(lab, host, "network", "ls", "-q", "--filter", "driver=warren").stdout.split()
-        if nets:
-            dk(lab, host, "network", "rm", *nets, check=False)
-
-
-# -- helpers -------------------------------------------------------------------
-
-def dk(lab, host, *args, check=True, timeout=120) -> subprocess.CompletedProcess:
-    result = lab.docker(host, list(args), timeout=timeout)
-    if check:
-        assert result.returncode == 0, f"docker {' '.join(args)}: {result.stderr}"
-    return result
-
-
-def ctl(lab, host, *args, check=True) -> subprocess.CompletedProcess:
-    result = lab.exec(host, ["warrenctl", *args], timeout=60, cwd=REPO)
-    if check:
-        assert result.returncode == 0, f"warrenctl {' '.join(args)}: {result.stderr}"
-    return result
-
-
-def run(lab, host, name, net, *extra, command=("sleep", "600")):
-    dk(lab, host, "run", "-d", "--init", "--name", name, "--net", net, *extra, IMAGE, *command)
-
-
-def address(lab, host, name, network, v6=False) -> str:
-    field = "GlobalIPv6Address" if v6 else "IPAddress"
-    return dk(lab, host, "inspect", "-f",
-              f'{{{{(index .NetworkSettings.Networks "{network}").{field}}}}}', name).stdout.strip()
-
-
-def pings(lab, host, container, target, v6=False, count=1) -> bool:
-    argv = ["exec", container, "ping6" if v6 else "ping", "-c", str(count), "-W", "2", target]
-    return dk(lab, host, *argv, check=False).returncode == 0
-
-
-def used_addresses(lab) -> int:
-    return sum(b["used"] for b in json.loads(ctl(lab, "host1", "ipam", "show", "--json").stdout))
-
-
-def count_keys(lab, prefix: str) -> int:
-    code = ("from datastore import Datastore, EtcdConfig; "
-            f"print(len(Datastore(EtcdConfig.from_env()).get_prefix({prefix!r})))")
-    result = lab.exec("host1", [sys.executable, "-c", code], cwd=REPO, timeout=60)
-    assert result.returncode == 0, result.stderr
-    return int(result.stdout.strip())
-
-
-def network_name(lab, network_id: str) -> str | None:
-    code = ("import json; from datastore import Datastore, EtcdConfig; "
-            f"kv = Datastore(EtcdConfig.from_env()).get('/warren/v1/networks/{network_id}'); "
-            "print(json.loads(kv.value)['name'] if kv else '')")
-    result = lab.exec("host1", [sys.executable, "-c", code], cwd=REPO, timeout=60)
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip() or None
-
-
-def underlay(lab, host) -> str:
-    return next(h["ipv4"] for h in lab.status()["hosts"] if h["name"] == host)
+    remove_all(lab, ("host1", "host2"))
 
 
 # -- networks and addresses -------------------------------------------------------

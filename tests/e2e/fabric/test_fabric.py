@@ -1,0 +1,166 @@
+"""The multi-host fabric for real: 3 warren-lab hosts, dockerd, etcd and ExaBGP.
+
+The seed scenario (the same network on every host, containers everywhere,
+every pair pings), reachability right after ``docker run``, and the failure
+cases: ExaBGP killed (graceful restart, no loss), node stop (routes withdrawn
+at once), a host that vanishes (routes gone within the hold time).
+"""
+from __future__ import annotations
+
+import itertools
+import secrets
+import subprocess
+import time
+
+import pytest
+
+from ctl.lab import Lab
+from tests.e2e.helpers import address, ctl, dk, pings, remove_all, run, underlay
+from tests.e2e.lab.conftest import missing_requirements
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow,
+              pytest.mark.skipif(missing_requirements() is not None,
+                                 reason=missing_requirements() or "")]
+
+HOSTS = ("host1", "host2", "host3")
+
+
+@pytest.fixture(scope="module")
+def lab():
+    lab = Lab("f" + secrets.token_hex(3))
+    try:
+        lab.up(3, node=True)
+        yield lab
+    finally:
+        lab.down()
+
+
+@pytest.fixture(autouse=True)
+def clean(lab):
+    yield
+    remove_all(lab, HOSTS)
+
+
+def bgp_routes(lab, host, via: str | None = None) -> list[str]:
+    routes = lab.exec(host, ["ip", "route", "show", "proto", "81"]).stdout.splitlines()
+    routes += lab.exec(host, ["ip", "-6", "route", "show", "proto", "81"]).stdout.splitlines()
+    return [r for r in routes if via is None or f"via {via} " in r]
+
+
+def wait_for(predicate, timeout: float, step: float = 0.05) -> float:
+    """Seconds until ``predicate()`` held; fails after ``timeout``."""
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            pytest.fail(f"condition not met within {timeout}s")
+        time.sleep(step)
+    return time.monotonic() - start
+
+
+def node_start(lab, host, env=()):
+    six = next(h["ipv6"] for h in lab.status()["hosts"] if h["name"] == host)
+    argv = ["env", *env, "warrenctl", "node", "start", "--name", host, "--ip", underlay(lab, host),
+            "--ip6", six]
+    result = lab.exec(host, argv, timeout=90)
+    assert result.returncode == 0, result.stderr
+
+
+def sessions_up(lab) -> None:
+    """Every host has a route to every other host's block (the mesh converged)."""
+    for host in HOSTS:
+        others = [underlay(lab, h) for h in HOSTS if h != host]
+        wait_for(lambda: all(bgp_routes(lab, host, via=o) for o in others), timeout=30, step=0.2)
+
+
+def test_seed_scenario_every_pair_pings(lab):
+    ctl(lab, "host1", "pool", "add", "10.20.10.0/24", "--nat-outgoing")
+    for host in HOSTS:
+        dk(lab, host, "network", "create", "-d", "warren", "--ipam-driver", "warren", "--ipv6",
+           "--subnet", "10.20.10.0/24", "--subnet", "fd00:20::/64", "net1")
+        run(lab, host, f"c-{host}", "net1")
+    run(lab, "host2", "pinned2", "net1", "--ip", "10.20.10.201")
+    run(lab, "host3", "pinned3", "net1", "--ip", "10.20.10.202")
+    sessions_up(lab)
+    addresses = {h: (address(lab, h, f"c-{h}", "net1"), address(lab, h, f"c-{h}", "net1", v6=True))
+                 for h in HOSTS}
+    for src, dst in itertools.permutations(HOSTS, 2):
+        v4, v6 = addresses[dst]
+        assert pings(lab, src, f"c-{src}", v4), f"{src} -> {dst} {v4}"
+        assert pings(lab, src, f"c-{src}", v6, v6=True), f"{src} -> {dst} {v6}"
+    for pinned in ("10.20.10.201", "10.20.10.202"):
+        assert pings(lab, "host1", "c-host1", pinned)
+    # one route per block, not per container; a /32 only for an address pinned in a block
+    # another host owns (borrowed)
+    for route in bgp_routes(lab, "host1"):
+        prefix = route.split()[1] if route.startswith("blackhole") else route.split()[0]
+        assert prefix.endswith(("/26", "/122")) or prefix in ("10.20.10.201", "10.20.10.202"), route
+
+
+def test_reachable_as_soon_as_docker_run_returns(lab):
+    for host in ("host1", "host2"):
+        dk(lab, host, "network", "create", "-d", "warren", "--ipam-driver", "warren",
+           "--subnet", "10.20.50.0/24", "net50")
+    run(lab, "host1", "src", "net50")
+    for i in range(3):  # the first container of a new block included
+        run(lab, "host2", f"dst{i}", "net50", "--ip", f"10.20.50.{200 + i}")
+        assert pings(lab, "host1", "src", f"10.20.50.{200 + i}")
+
+
+def speaker_children(lab, host) -> list[int]:
+    speaker = int(lab.exec(host, ["cat", f"/run/warren/{host}/bgp.pid"]).stdout.strip())
+    return [int(p) for p in subprocess.run(["pgrep", "-P", str(speaker)], capture_output=True,
+                                           text=True).stdout.split()]
+
+
+def test_exabgp_kill_9_loses_no_traffic(lab):
+    for host in ("host1", "host2"):
+        dk(lab, host, "network", "create", "-d", "warren", "--ipam-driver", "warren",
+           "--subnet", "10.20.51.0/24", "net51")
+    run(lab, "host1", "src", "net51")
+    run(lab, "host2", "dst", "net51", "--ip", "10.20.51.200")
+    sessions_up(lab)
+    assert pings(lab, "host1", "src", "10.20.51.200")
+    dk(lab, "host1", "exec", "-d", "src", "sh", "-c", "ping -i 0.1 -c 60 -W 1 10.20.51.200 > /tmp/p.log 2>&1")
+    time.sleep(0.5)
+    exabgp = speaker_children(lab, "host2")
+    assert exabgp, "host2's speaker has no ExaBGP child"
+    for pid in exabgp:
+        subprocess.run(["kill", "-9", str(pid)], check=True)
+    time.sleep(7)
+    log = dk(lab, "host1", "exec", "src", "cat", "/tmp/p.log").stdout
+    assert "60 packets transmitted, 60 packets received" in log, log
+    wait_for(lambda: speaker_children(lab, "host2") and speaker_children(lab, "host2") != exabgp, 20)
+    sessions_up(lab)
+
+
+def test_node_stop_withdraws_at_once(lab):
+    sessions_up(lab)
+    dk(lab, "host3", "network", "create", "-d", "warren", "--ipam-driver", "warren",
+       "--subnet", "10.20.52.0/24", "net52")
+    run(lab, "host3", "c3", "net52")
+    host3 = underlay(lab, "host3")
+    wait_for(lambda: bgp_routes(lab, "host1", via=host3), 10)
+    ctl(lab, "host3", "node", "stop", "--name", "host3")
+    assert wait_for(lambda: not bgp_routes(lab, "host1", via=host3), 5) < 1.0
+    node_start(lab, "host3")
+    wait_for(lambda: bgp_routes(lab, "host1", via=host3), 30)
+
+
+def test_vanished_host_routes_go_within_the_hold_time(lab):
+    node_start_env = ["WARREN_BGP_HOLD_TIME=9"]
+    ctl(lab, "host2", "node", "stop", "--name", "host2")
+    node_start(lab, "host2", env=node_start_env)  # hold time = min of both sides = 9 s
+    dk(lab, "host2", "network", "create", "-d", "warren", "--ipam-driver", "warren",
+       "--subnet", "10.20.53.0/24", "net53")
+    run(lab, "host2", "c2", "net53")
+    host2 = underlay(lab, "host2")
+    wait_for(lambda: bgp_routes(lab, "host1", via=host2), 30, step=0.2)
+    lab.exec("host2", ["ip", "link", "set", "eth0", "down"], check=True)  # vanishes silently
+    try:
+        gone = wait_for(lambda: not bgp_routes(lab, "host1", via=host2), 20, step=0.2)
+        assert gone <= 12, f"routes lingered {gone:.1f}s with a 9 s hold time"
+    finally:
+        lab.exec("host2", ["ip", "link", "set", "eth0", "up"], check=True)
+        lab.exec("host2", ["ip", "route", "replace", "default", "via",
+                           lab.status()["gateway_v4"]], check=False)
+    wait_for(lambda: bgp_routes(lab, "host1", via=host2), 40, step=0.2)

@@ -1,0 +1,77 @@
+"""Helpers shared by the end-to-end tests: the docker CLI and warrenctl inside lab hosts."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from ctl.lab import IMAGE
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def dk(lab, host, *args, check=True, timeout=120) -> subprocess.CompletedProcess:
+    result = lab.docker(host, list(args), timeout=timeout)
+    if check:
+        assert result.returncode == 0, f"docker {' '.join(args)}: {result.stderr}"
+    return result
+
+
+def ctl(lab, host, *args, check=True) -> subprocess.CompletedProcess:
+    result = lab.exec(host, ["warrenctl", *args], timeout=60, cwd=REPO)
+    if check:
+        assert result.returncode == 0, f"warrenctl {' '.join(args)}: {result.stderr}"
+    return result
+
+
+def run(lab, host, name, net, *extra, command=("sleep", "600")):
+    dk(lab, host, "run", "-d", "--init", "--name", name, "--net", net, *extra, IMAGE, *command)
+
+
+def address(lab, host, name, network, v6=False) -> str:
+    field = "GlobalIPv6Address" if v6 else "IPAddress"
+    return dk(lab, host, "inspect", "-f",
+              f'{{{{(index .NetworkSettings.Networks "{network}").{field}}}}}', name).stdout.strip()
+
+
+def pings(lab, host, container, target, v6=False, count=1) -> bool:
+    argv = ["exec", container, "ping6" if v6 else "ping", "-c", str(count), "-W", "2", target]
+    return dk(lab, host, *argv, check=False).returncode == 0
+
+
+def used_addresses(lab) -> int:
+    return sum(b["used"] for b in json.loads(ctl(lab, "host1", "ipam", "show", "--json").stdout))
+
+
+def count_keys(lab, prefix: str) -> int:
+    code = ("from datastore import Datastore, EtcdConfig; "
+            f"print(len(Datastore(EtcdConfig.from_env()).get_prefix({prefix!r})))")
+    result = lab.exec("host1", [sys.executable, "-c", code], cwd=REPO, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return int(result.stdout.strip())
+
+
+def network_name(lab, network_id: str) -> str | None:
+    code = ("import json; from datastore import Datastore, EtcdConfig; "
+            f"kv = Datastore(EtcdConfig.from_env()).get('/warren/v1/networks/{network_id}'); "
+            "print(json.loads(kv.value)['name'] if kv else '')")
+    result = lab.exec("host1", [sys.executable, "-c", code], cwd=REPO, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip() or None
+
+
+def underlay(lab, host) -> str:
+    return next(h["ipv4"] for h in lab.status()["hosts"] if h["name"] == host)
+
+
+
+def remove_all(lab, hosts) -> None:
+    """Remove every container and warren network on ``hosts`` (test clean-up)."""
+    for host in hosts:
+        ids = dk(lab, host, "ps", "-aq").stdout.split()
+        if ids:
+            dk(lab, host, "rm", "-f", *ids, check=False)
+        nets = dk(lab, host, "network", "ls", "-q", "--filter", "driver=warren").stdout.split()
+        if nets:
+            dk(lab, host, "network", "rm", *nets, check=False)
