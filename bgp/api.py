@@ -37,6 +37,7 @@ from ipam.nodes import get_node, list_nodes
 
 from . import rib as ribmod
 from .fib import Fib
+from .settings import SessionStatus, save_status
 
 log = logging.getLogger("warren.bgp.api")
 
@@ -59,6 +60,8 @@ class ApiProcess:
         self._show: Queue = Queue()      # text lines of a pending "show" command
         self._collecting = False
         self._kernel: dict[str, str] = {}
+        self.sessions: dict[str, SessionStatus] = {}
+        self._status_dirty = threading.Event()
 
     # -- output ---------------------------------------------------------------
 
@@ -96,6 +99,9 @@ class ApiProcess:
                 log.exception("failed to handle %s from %s", event.kind, event.peer)  # respawn us 5x and die
 
     def handle(self, event: ribmod.Event) -> None:
+        if event.kind in ("up", "down"):
+            self.sessions[event.peer] = SessionStatus(event.peer, event.kind, time.time(), event.reason)
+            self._status_dirty.set()
         if event.kind == "up":
             log.info("peer %s up", event.peer)
             self.up.add(event.peer)
@@ -220,6 +226,21 @@ class ApiProcess:
             log.info("withdrew %d routes", len(self.announced))
             self.announced.clear()
 
+    def status_writer(self, stop: threading.Event) -> None:
+        """Publish session states to etcd (for node status), off the event path."""
+        while not stop.is_set():
+            if not self._status_dirty.wait(1.0):
+                continue
+            self._status_dirty.clear()
+            with self.lock:
+                sessions = sorted(self.sessions.values(), key=lambda s: s.peer)
+            try:
+                save_status(self.store, self.node, sessions)
+            except DatastoreError as exc:
+                log.warning("cannot publish BGP status: %s", exc)
+                self._status_dirty.set()
+                stop.wait(2)
+
     def sweeper(self, stop: threading.Event) -> None:
         while not stop.wait(1.0):
             with self.lock:
@@ -263,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     threading.Thread(target=read, name="reader", daemon=True).start()
     api.resync_from_speaker()
     threading.Thread(target=api.sweeper, args=(stop,), name="sweeper", daemon=True).start()
+    threading.Thread(target=api.status_writer, args=(stop,), name="status", daemon=True).start()
     threading.Thread(target=api.announcer, args=(stop,), name="announcer", daemon=True).start()
     leaving = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: (leaving.set(), stop.set()))

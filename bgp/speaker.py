@@ -25,17 +25,13 @@ import threading
 import time
 
 from datastore import Datastore, DatastoreError, EtcdConfig, keys
-from ipam.nodes import Node, get_node, list_nodes
+from ipam.nodes import get_node, list_nodes
 
-from .config import DEFAULT_AS, DEFAULT_HOLD, Peer, SpeakerConfig, environment, render
+from .config import DEFAULT_HOLD, SpeakerConfig, environment, render
 from .natout import NatOutgoing
+from .settings import load_settings, peers as bgp_peers, peers_for
 
 log = logging.getLogger("warren.bgp.speaker")
-
-
-def peers_for(me: Node, nodes: list[Node]) -> tuple[Peer, ...]:
-    return tuple(Peer(n.ipv4, n.as_number or DEFAULT_AS) for n in nodes
-                 if n.name != me.name and n.ipv4)
 
 
 class Speaker:
@@ -54,8 +50,11 @@ class Speaker:
             raise DatastoreError(f"node {self.node} is not registered with an IPv4 address")
         api = (sys.executable, "-m", "bgp.api", "--node", self.node,
                "--log", os.path.join(self.log_dir, "bgp-api.log"))
-        return SpeakerConfig(node=self.node, router_id=me.ipv4, as_number=me.as_number or DEFAULT_AS,
-                             peers=peers_for(me, list_nodes(self.store)), api_argv=api,
+        settings = load_settings(self.store)
+        peers = peers_for(me, list_nodes(self.store), settings, bgp_peers(self.store),
+                          bgp_peers(self.store, self.node))
+        return SpeakerConfig(node=self.node, router_id=me.ipv4,
+                             as_number=me.as_number or settings.default_as, peers=peers, api_argv=api,
                              hold_time=int(os.environ.get("WARREN_BGP_HOLD_TIME", DEFAULT_HOLD)))
 
     def write_config(self) -> tuple[SpeakerConfig, bool]:
@@ -85,12 +84,13 @@ class Speaker:
         finally:
             out.close()
 
-    def follow_nodes(self) -> None:
-        """Rewrite the config and reload ExaBGP when the peer set changes."""
+    def follow(self, prefix: str) -> None:
+        """Rewrite the config and reload ExaBGP when what ``prefix`` holds changes
+        the peer set (nodes, BGP settings, peers). SIGUSR1 keeps unchanged sessions."""
         while not self.stop.is_set():
             try:
-                revision = self.store.get_prefix(keys.NODES).revision
-                watch = self.store.watch_prefix(keys.NODES, start_revision=revision + 1)
+                revision = self.store.get_prefix(prefix, keys_only=True).revision
+                watch = self.store.watch_prefix(prefix, start_revision=revision + 1)
                 threading.Thread(target=lambda: (self.stop.wait(), watch.cancel()), daemon=True).start()
                 for _ in watch:
                     _, changed = self.write_config()
@@ -112,7 +112,9 @@ class Speaker:
             time.sleep(0.05)
 
     def run(self) -> int:
-        threading.Thread(target=self.follow_nodes, name="nodes", daemon=True).start()
+        for prefix in (keys.NODES, keys.BGP):
+            threading.Thread(target=self.follow, args=(prefix,), name=f"follow-{prefix}",
+                             daemon=True).start()
         threading.Thread(target=NatOutgoing().follow, args=(self.store, self.stop),
                          name="nat-outgoing", daemon=True).start()
         backoff = 1.0

@@ -18,8 +18,10 @@ from functools import cached_property
 from datastore import Datastore, DatastoreError, EtcdConfig
 from ipam import IpamError
 
-from . import ipamcmd, node, pool
+from . import bgpcmd, ipamcmd, node, pool, status
 from .cli import CliError, OneLineParser, run
+
+__all__ = ["CliError", "build_parser", "main"]
 
 
 @dataclass
@@ -42,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     pool.register(sub)
     ipamcmd.register(sub)
     node.register_commands(sub)
+    bgpcmd.register(sub)
+    status.register(sub)
     return parser
 
 

@@ -28,7 +28,9 @@ from plugin.networks import NetworkDriver
 from plugin.ports import PortPublisher
 from plugin.reconcile import reconcile
 
+from .bgpcmd import add_peer_commands
 from .output import as_json, table
+from .status import node_status
 
 RUN_DIR = os.environ.get("WARREN_RUN_DIR", "/run/warren")
 LOG_DIR = os.environ.get("WARREN_LOG_DIR", "/var/log/warren")
@@ -40,7 +42,7 @@ class NodeError(Exception):
 
 def register_commands(sub: argparse._SubParsersAction) -> None:
     node = sub.add_parser("node", help="run this host's Warren node")
-    verbs = node.add_subparsers(dest="verb", required=True, metavar="{start,stop,show}")
+    verbs = node.add_subparsers(dest="verb", required=True, metavar="{start,stop,show,status,bgp}")
     start = verbs.add_parser("start", help="register this host and start its node")
     start.add_argument("--name", help="node name (default: $WARREN_NODE_NAME or the hostname)")
     start.add_argument("--ip", help="this host's underlay IPv4 address (default: of the default route)")
@@ -55,6 +57,12 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
     show = verbs.add_parser("show", help="list registered nodes")
     show.add_argument("--json", action="store_true")
     show.set_defaults(func=node_show)
+    status = verbs.add_parser("status", help="this node's BGP sessions")
+    status.add_argument("--name")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=node_status)
+    bgp = verbs.add_parser("bgp", help="BGP peers of this node")
+    add_peer_commands(bgp.add_subparsers(dest="bgp_verb", required=True, metavar="{peer}"), node_scope=True)
 
 
 def _paths(name: str) -> dict[str, str]:

@@ -15,6 +15,10 @@ Layout::
     /warren/v1/endpoints/<host>/<endpoint id>  plugin.Endpoint
     /warren/v1/nodes/<name>                    ipam.Node (a host running Warren)
     /warren/v1/sandboxes/<host>/<sandbox>/<n>  endpoint id holding gateway slot n of a container
+    /warren/v1/bgp/config                      bgp.settings.BgpSettings (default AS, node mesh)
+    /warren/v1/bgp/peers/<ip>                  bgp.settings.PeerRecord: a global peer (e.g. route reflector)
+    /warren/v1/bgp/nodes/<node>/peers/<ip>     bgp.settings.PeerRecord: a peer of one node only
+    /warren/v1/status/<node>/bgp               bgp.settings.SessionStatus list, written by the node
 
 Later layers add networks, endpoints, nodes, BGP settings and profiles here,
 and nowhere else.
@@ -35,6 +39,10 @@ NETWORKS = PREFIX + "networks/"
 ENDPOINTS = PREFIX + "endpoints/"
 NODES = PREFIX + "nodes/"
 SANDBOXES = PREFIX + "sandboxes/"
+BGP = PREFIX + "bgp/"
+BGP_CONFIG = BGP + "config"
+BGP_PEERS = BGP + "peers/"
+STATUS = PREFIX + "status/"
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9_.:@-]{1,253}$")
 
@@ -127,3 +135,19 @@ def sandbox_prefix(host: str, sandbox: str) -> str:
 
 def sandbox_slot(host: str, sandbox: str, slot: int) -> str:
     return sandbox_prefix(host, sandbox) + str(slot)
+
+
+def bgp_peer(address: str) -> str:
+    return BGP_PEERS + segment(address, "peer address")
+
+
+def node_bgp_peers(node: str) -> str:
+    return BGP + "nodes/" + segment(node, "node name") + "/peers/"
+
+
+def node_bgp_peer(node: str, address: str) -> str:
+    return node_bgp_peers(node) + segment(address, "peer address")
+
+
+def bgp_status(node: str) -> str:
+    return STATUS + segment(node, "node name") + "/bgp"

@@ -164,3 +164,29 @@ def test_vanished_host_routes_go_within_the_hold_time(lab):
         lab.exec("host2", ["ip", "route", "replace", "default", "via",
                            lab.status()["gateway_v4"]], check=False)
     wait_for(lambda: bgp_routes(lab, "host1", via=host2), 40, step=0.2)
+
+
+def test_global_peer_added_at_runtime_keeps_existing_sessions(lab):
+    sessions_up(lab)
+    ctl(lab, "host1", "node", "status", "--json")  # status is published
+    wait_for(lambda: len(status(lab, "host1")) == 2 and all(s["state"] == "up" for s in status(lab, "host1")),
+             20, step=0.2)
+    before = {s["peer"]: s["since"] for s in status(lab, "host1")}
+    silent = lab.status()["subnet_v4"].rsplit(".", 1)[0] + ".250"  # in the underlay, nobody there
+    ctl(lab, "host1", "bgp", "peer", "add", silent, "as", "65001")
+    try:
+        wait_for(lambda: any(s["peer"] == silent for s in status(lab, "host1")), 15, step=0.2)
+        time.sleep(2)
+        after = {s["peer"]: s for s in status(lab, "host1")}
+        assert after[silent]["type"] == "global" and after[silent]["state"] != "up"
+        for peer, since in before.items():
+            assert after[peer]["state"] == "up" and after[peer]["since"] == since, "a session was reset"
+        summary = ctl(lab, "host2", "status").stdout
+        assert "3 nodes" in summary
+    finally:
+        ctl(lab, "host1", "bgp", "peer", "remove", silent)
+
+
+def status(lab, host) -> list[dict]:
+    import json
+    return json.loads(ctl(lab, host, "node", "status", "--json").stdout)["sessions"]
