@@ -23,6 +23,7 @@ re-announces.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import logging
 import signal
@@ -32,14 +33,18 @@ import time
 from queue import Queue
 
 from datastore import Datastore, DatastoreError, EtcdConfig, codec, keys
-from ipam import Block
-from ipam.nodes import get_node, list_nodes
+from ipam import Block, PoolStore
+from ipam.nodes import Node, get_node, list_nodes
+from ipam.pools import Pool
 
 from . import rib as ribmod
+from .fabric import IPIP_DEV, VXLAN_DEV, Vteps, link_local
 from .fib import Fib
 from .settings import SessionStatus, save_status
 
 log = logging.getLogger("warren.bgp.api")
+
+DEVICE = {"vxlan": VXLAN_DEV, "ipip": IPIP_DEV}  # encapsulation -> device of its routes
 
 
 class ApiProcess:
@@ -61,6 +66,9 @@ class ApiProcess:
         self._collecting = False
         self._kernel: dict[str, str] = {}
         self.sessions: dict[str, SessionStatus] = {}
+        self.pools: list[Pool] = []                    # for the encapsulation of a prefix
+        self.nodes: dict[str, Node] = {}               # underlay address -> node (VTEPs)
+        self.vteps = Vteps()
         self._status_dirty = threading.Event()
 
     # -- output ---------------------------------------------------------------
@@ -121,10 +129,54 @@ class ApiProcess:
             self.rib.end_of_rib(event.peer)
             self.sync_fib()
 
+    def encap(self, prefix: str) -> str:
+        net = ipaddress.ip_network(prefix)
+        for pool in self.pools:
+            if net.version == pool.version and net.subnet_of(pool.network):
+                return pool.encap
+        return "none"
+
+    def plan(self) -> dict[str, tuple[str, str | None]]:
+        out = {}
+        for prefix, nh in self.rib.fib().items():
+            device = DEVICE.get(self.encap(prefix))
+            if device == VXLAN_DEV and ":" in nh:  # IPv6 over vxlan: the VTEP's link-local
+                node = self.node_at(nh)
+                if node is None or not node.vtep_mac:
+                    log.warning("no VTEP known for %s: cannot route %s over vxlan", nh, prefix)
+                    continue
+                nh = link_local(node.vtep_mac)
+            out[prefix] = (nh, device)
+        return out
+
+    def node_at(self, address: str) -> Node | None:
+        if address not in self.nodes:
+            self.refresh_nodes()
+        return self.nodes.get(address)
+
+    def before_route(self, ipr, prefix: str, route: tuple[str, str | None]) -> bool:
+        next_hop, device = route
+        if device != VXLAN_DEV:
+            return True
+        node = self.node_at(next_hop)
+        if node is None or not node.vtep_mac or not node.ipv4:
+            log.warning("no VTEP known for %s: cannot route %s over vxlan", next_hop, prefix)
+            return False
+        return self.vteps.ensure(ipr, next_hop, node.vtep_mac, node.ipv4)
+
+    def refresh_nodes(self) -> None:
+        try:
+            nodes = list_nodes(self.store)
+        except DatastoreError as exc:
+            log.warning("etcd: %s", exc)
+            return
+        self.nodes = {a: n for n in nodes
+                      for a in (n.ipv4, n.ipv6, link_local(n.vtep_mac) if n.vtep_mac else None) if a}
+
     def sync_fib(self) -> None:
-        changes, removed = ribmod.diff(self._kernel, self.rib.fib())
+        changes, removed = ribmod.diff(self._kernel, self.plan())
         if changes or removed:
-            self.fib.apply(changes, removed)
+            self.fib.apply(changes, removed, before=self.before_route)
             for prefix in removed:
                 self._kernel.pop(prefix, None)
             self._kernel.update(changes)
@@ -144,7 +196,7 @@ class ApiProcess:
         the address of the BGP session it was learned on (the node's v4)."""
         deadline = time.monotonic() + self.stale_time
         self._kernel = self.fib.learned()
-        for prefix, next_hop in self._kernel.items():
+        for prefix, (next_hop, _) in self._kernel.items():
             if next_hop:
                 peer = session_of.get(next_hop, next_hop)
                 self.rib.routes.setdefault(peer, {})[prefix] = next_hop
@@ -172,6 +224,12 @@ class ApiProcess:
     # -- announcing -------------------------------------------------------------------
 
     def wanted(self) -> tuple[set[str], int]:
+        pools = PoolStore(self.store).list()
+        with self.lock:
+            changed = pools != self.pools
+            self.pools = pools
+            if changed:
+                self.sync_fib()  # a new pool may change how learned prefixes are reached
         snapshot = self.store.get_prefix(keys.BLOCKS)
         blocks = [codec.loads(Block, kv.value) for kv in snapshot]
         own = {b.cidr for b in blocks if b.affinity == self.node}
@@ -274,6 +332,10 @@ def main(argv: list[str] | None = None) -> int:
     store = Datastore(EtcdConfig.from_env())
     api = ApiProcess(args.node, store, Fib(), stale_time=args.stale_time)
     stop = threading.Event()
+    try:
+        api.pools = PoolStore(store).list()  # before adopting: the plan depends on encapsulation
+    except DatastoreError as exc:
+        log.warning("etcd: %s; pools unknown until it answers", exc)
     api.adopt_kernel(sessions_by_next_hop(store))
 
     def read() -> None:

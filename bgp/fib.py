@@ -1,6 +1,7 @@
 """The kernel routes the BGP API process owns, tagged ``proto 81``.
 
-* learned routes: ``<prefix> via <peer underlay address>`` (plain routed mode);
+* learned routes: ``<prefix> via <peer underlay address>`` (plain routed mode),
+  or ``... dev warren-vxlan|tunl0 onlink`` for encapsulated pools;
 * a ``blackhole`` route for each block this node owns, so an unused address
   of an owned block is dropped here instead of leaving by the default route
   (the /32 workload routes are more specific and win).
@@ -21,6 +22,8 @@ log = logging.getLogger(__name__)
 
 RTPROT_WARREN_BGP = 81
 RTN_UNICAST, RTN_BLACKHOLE = 1, 6
+RTNH_F_ONLINK = 4
+ENCAP_DEVICES = ("warren-vxlan", "tunl0")
 
 
 def _family(prefix: str) -> int:
@@ -33,33 +36,55 @@ def _dst(route) -> str:
     return str(ipaddress.ip_network(f"{dst}/{route['dst_len']}"))
 
 
+Route = tuple  # (next hop, device or None for the plain routed path)
+
+
 class Fib:
-    def learned(self) -> dict[str, str]:
-        """prefix -> next hop of our unicast routes in the kernel."""
-        return {p: nh for p, (kind, nh) in self._ours().items() if kind == RTN_UNICAST}
+    def learned(self) -> dict[str, Route]:
+        """prefix -> (next hop, device name or None) of our unicast routes in the kernel."""
+        return {p: (nh, dev) for p, (kind, nh, dev) in self._ours().items() if kind == RTN_UNICAST}
 
     def blackholes(self) -> set[str]:
-        return {p for p, (kind, _) in self._ours().items() if kind == RTN_BLACKHOLE}
+        return {p for p, (kind, _, _) in self._ours().items() if kind == RTN_BLACKHOLE}
 
-    def _ours(self) -> dict[str, tuple[int, str | None]]:
+    def _ours(self) -> dict[str, tuple[int, str | None, str | None]]:
         out = {}
         with IPRoute() as ipr:
+            names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
             for family in (socket.AF_INET, socket.AF_INET6):
                 for r in ipr.get_routes(family=family, proto=RTPROT_WARREN_BGP):
-                    out[_dst(r)] = (r["type"], r.get_attr("RTA_GATEWAY"))
+                    dev = names.get(r.get_attr("RTA_OIF"))
+                    if not (r["flags"] & RTNH_F_ONLINK or dev in ENCAP_DEVICES):
+                        dev = None  # plain routed: the kernel picked the underlay device
+                    out[_dst(r)] = (r["type"], r.get_attr("RTA_GATEWAY"), dev)
         return out
 
-    def apply(self, changes: dict[str, str], removed: list[str]) -> int:
-        """Install/replace ``changes`` (prefix -> next hop), delete ``removed``."""
+    def apply(self, changes: dict[str, Route], removed: list[str], before=None) -> int:
+        """Install/replace ``changes`` (prefix -> (next hop, device)), delete ``removed``.
+
+        ``before(ipr, prefix, route)`` runs first for each change (e.g. to program
+        the VTEP neighbour an encapsulated route needs); False skips the route."""
         failures = 0
         with IPRoute() as ipr:
-            for prefix, next_hop in changes.items():
+            for prefix, (next_hop, device) in changes.items():
                 try:
+                    if before is not None and not before(ipr, prefix, (next_hop, device)):
+                        failures += 1
+                        continue
+                    extra = {}
+                    if device:
+                        found = ipr.link_lookup(ifname=device)
+                        if not found:
+                            raise NetlinkError(19, f"{device} does not exist")
+                        extra = {"oif": found[0]}
+                        if not next_hop.startswith("fe80:"):
+                            extra["flags"] = RTNH_F_ONLINK
                     ipr.route("replace", dst=prefix, gateway=next_hop, family=_family(prefix),
-                              proto=RTPROT_WARREN_BGP)
+                              proto=RTPROT_WARREN_BGP, **extra)
                 except NetlinkError as exc:
                     failures += 1
-                    log.warning("cannot install %s via %s: %s", prefix, next_hop, exc)
+                    log.warning("cannot install %s via %s%s: %s", prefix, next_hop,
+                                f" dev {device}" if device else "", exc)
             for prefix in removed:
                 self._delete(ipr, prefix, RTN_UNICAST)
         return failures

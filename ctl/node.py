@@ -18,7 +18,8 @@ import time
 
 from pyroute2 import IPRoute
 
-from ipam import InvalidRequest
+from bgp import fabric
+from ipam import InvalidRequest, PoolStore
 from ipam.nodes import Node, list_nodes, register
 from plugin import forward, server
 from plugin.config import DEFAULT_SOCKET
@@ -125,13 +126,35 @@ def _underlay(ipv4: str | None) -> tuple[str | None, str | None]:
     return None, None
 
 
+def _setup_fabric(store, name: str, ipv4: str | None, iface: str | None) -> str | None:
+    """Encapsulation devices before the speaker starts; returns the VTEP MAC (or None)."""
+    encaps = {p.encap for p in PoolStore(store).list()}
+    underlay_mtu = Dataplane().interface_mtu(iface) if iface else 1500
+    mac = None
+    if ipv4 and iface:
+        try:
+            fabric.ensure_vxlan(ipv4, iface, fabric.vtep_mac(name), underlay_mtu - fabric.OVERHEAD["vxlan"])
+            mac = fabric.vtep_mac(name)
+        except fabric.FabricError as exc:
+            if "vxlan" in encaps:
+                raise NodeError(str(exc)) from None
+    if "ipip" in encaps:
+        try:
+            fabric.check_ipip()
+        except fabric.FabricError as exc:
+            raise NodeError(str(exc)) from None
+        fabric.set_mtu(fabric.IPIP_DEV, underlay_mtu - fabric.OVERHEAD["ipip"])
+    return mac
+
+
 def node_start(args, ctx) -> int:
     name = args.name or ctx.host
     paths = _paths(name)
     if _running_pid(paths["pid"]):
         raise NodeError(f"node {name} is already running (pid file {paths['pid']})")
     ipv4, iface = _underlay(args.ip)
-    register(ctx.store, Node(name=name, ipv4=ipv4, ipv6=args.ip6))
+    mac = _setup_fabric(ctx.store, name, ipv4, iface)
+    register(ctx.store, Node(name=name, ipv4=ipv4, ipv6=args.ip6, vtep_mac=mac))
     try:
         forward.install()
     except subprocess.CalledProcessError as exc:

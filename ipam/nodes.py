@@ -23,6 +23,7 @@ class Node:
     ipv4: str | None = None
     ipv6: str | None = None
     as_number: int | None = None
+    vtep_mac: str | None = None   # MAC of the node's VXLAN device (bgp.fabric)
 
 
 def _check_address(value: str | None, version: int) -> str | None:

@@ -190,3 +190,21 @@ def test_global_peer_added_at_runtime_keeps_existing_sessions(lab):
 def status(lab, host) -> list[dict]:
     import json
     return json.loads(ctl(lab, host, "node", "status", "--json").stdout)["sessions"]
+
+
+def test_vxlan_pool_every_pair_pings(lab):
+    ctl(lab, "host1", "pool", "add", "10.20.70.0/24", "fd00:70::/64", "--vxlan")
+    for host in HOSTS:
+        dk(lab, host, "network", "create", "-d", "warren", "--ipam-driver", "warren", "--ipv6",
+           "--subnet", "10.20.70.0/24", "--subnet", "fd00:70::/64", "vx")
+        run(lab, host, f"v-{host}", "vx")
+    sessions_up(lab)
+    mtu = dk(lab, "host1", "exec", "v-host1", "cat", "/sys/class/net/eth0/mtu").stdout.strip()
+    assert mtu == "1450"  # underlay 1500 - vxlan 50
+    for src, dst in itertools.permutations(HOSTS, 2):
+        v4, v6 = address(lab, dst, f"v-{dst}", "vx"), address(lab, dst, f"v-{dst}", "vx", v6=True)
+        assert pings(lab, src, f"v-{src}", v4), f"{src} -> {dst} {v4}"
+        assert pings(lab, src, f"v-{src}", v6, v6=True), f"{src} -> {dst} {v6}"
+    routes = bgp_routes(lab, "host1")
+    assert any("10.20.70." in r and "dev warren-vxlan onlink" in r for r in routes), routes
+    assert any("fd00:70:" in r and "via fe80::" in r and "warren-vxlan" in r for r in routes), routes
