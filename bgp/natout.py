@@ -133,10 +133,11 @@ def _run(argv: list[str], text: str | None = None) -> None:
 
 
 def _ensure_jump(tool: str) -> None:
+    """Insert the POSTROUTING jump first, once (``-C`` fails only while it is missing)."""
     jump = ["-j", CHAIN]
-    check = subprocess.run([tool, "-w", "-t", "nat", "-C", PARENT, *jump],
-                           capture_output=True, timeout=TIMEOUT)
-    if check.returncode:
+    try:
+        _run([tool, "-w", "-t", "nat", "-C", PARENT, *jump])
+    except NatError:
         _run([tool, "-w", "-t", "nat", "-I", PARENT, "1", *jump])
 
 

@@ -226,10 +226,11 @@ def test_rule_agrees_with_calico_for_any_pools(pools, src, dst):
 def test_apply_runs_ipset_then_restore_then_jump(monkeypatch):
     calls: list[tuple[list[str], str | None]] = []
 
-    def fake_run(argv, input=None, **kw):
+    def fake_run(argv, input=None, check=False, **kw):
         calls.append((argv, input))
-        missing = "-C" in argv  # the jump is not there yet
-        return natout.subprocess.CompletedProcess(argv, 1 if missing else 0, "", "")
+        if "-C" in argv and check:  # the jump is not there yet
+            raise natout.subprocess.CalledProcessError(1, argv, "", "Bad rule")
+        return natout.subprocess.CompletedProcess(argv, 0, "", "")
     monkeypatch.setattr(natout.subprocess, "run", fake_run)
     monkeypatch.setattr(natout.shutil, "which", lambda tool: f"/usr/sbin/{tool}")
     natout.apply(POOLS)
@@ -243,6 +244,19 @@ def test_apply_runs_ipset_then_restore_then_jump(monkeypatch):
         "ip6tables -w -t nat -I POSTROUTING 1 -j WARREN-NAT-OUTGOING"]
     assert calls[0][1] == ipset_restore_text(POOLS, 4) and calls[1][1] == nat_rules(4)
     assert calls[5][1] == nat_rules(6)
+
+
+def test_apply_does_not_insert_the_jump_twice(monkeypatch):
+    argvs: list[str] = []
+
+    def fake_run(argv, input=None, **kw):
+        argvs.append(" ".join(argv))
+        return natout.subprocess.CompletedProcess(argv, 0, "", "")  # -C: the jump is there
+    monkeypatch.setattr(natout.subprocess, "run", fake_run)
+    monkeypatch.setattr(natout.shutil, "which", lambda tool: f"/usr/sbin/{tool}")
+    natout.apply(POOLS)
+    assert not [a for a in argvs if " -I " in a]
+    assert len([a for a in argvs if " -C POSTROUTING " in a]) == 2
 
 
 def test_ipv6_failure_is_logged_not_raised(monkeypatch, caplog):
