@@ -347,17 +347,37 @@ class Lab:
         log.info("lab %s up with %d hosts in %.2fs", self.name, hosts, elapsed)
         return self.status()
 
+    def _etcd(self, lay: Layout):
+        from .etcd import UnderlayEtcd  # heavy import (datastore), only here
+        return UnderlayEtcd(data_dir=lay.etcd_dir, host=lay.gateway_v4,
+                            client_port=ETCD_CLIENT_PORT, peer_port=ETCD_PEER_PORT,
+                            name=self.name, binary=self.etcd_bin,
+                            log_path=os.path.join(lay.dir, "etcd.log"), netns=lay.ul_netns)
+
+    def stop_etcd(self, timeout: float = 15.0) -> None:
+        """Stop the lab's etcd (an outage, for failure tests); start_etcd brings it back."""
+        st, _ = self._require()
+        pid = st.get("etcd_pid")
+        if procs.matches(pid, self.etcd_bin):
+            procs.signal_pids([pid], signal.SIGTERM)
+            if procs.wait_gone([pid], timeout):
+                procs.signal_pids([pid], signal.SIGKILL)
+
+    def start_etcd(self) -> None:
+        _, lay = self._require()
+        etcd = self._etcd(lay)
+        etcd.start()
+        self._update(lambda s: s.update(etcd_pid=etcd.pid))
+        etcd.wait_ready()
+
     def _up(self, lay: Layout, layouts: list[HostLayout], node: bool) -> None:
-        from .etcd import EtcdError, UnderlayEtcd  # heavy import (datastore), only here
+        from .etcd import EtcdError
 
         t = time.monotonic()
         net.add_guards(lay.guard_prefixes, GUARD_PROTO, lay.guard_metric)
         self._make_fallback_bin(lay)
         self._make_underlay(lay)
-        etcd = UnderlayEtcd(data_dir=lay.etcd_dir, host=lay.gateway_v4,
-                            client_port=ETCD_CLIENT_PORT, peer_port=ETCD_PEER_PORT,
-                            name=self.name, binary=self.etcd_bin,
-                            log_path=os.path.join(lay.dir, "etcd.log"), netns=lay.ul_netns)
+        etcd = self._etcd(lay)
         etcd.start()
         self._update(lambda s: s.update(etcd_pid=etcd.pid))
         for h in layouts:
