@@ -69,6 +69,7 @@ class ApiProcess:
         self.pools: list[Pool] = []                    # for the encapsulation of a prefix
         self.nodes: dict[str, Node] = {}               # underlay address -> node (VTEPs)
         self.vteps = Vteps()
+        self._fib_dirty = threading.Event()
         self._status_dirty = threading.Event()
 
     # -- output ---------------------------------------------------------------
@@ -121,13 +122,32 @@ class ApiProcess:
                      ", keeping its routes as stale" if graceful else "")
             self.up.discard(event.peer)
             self.rib.peer_down(event.peer, graceful, time.monotonic() + self.stale_time)
-            self.sync_fib()
+            self._fib_dirty.set()
         elif event.kind == "update":
             self.rib.update(event.peer, event.announced, event.withdrawn)
-            self.sync_fib()
+            self._fib_dirty.set()
         elif event.kind == "eor":
             self.rib.end_of_rib(event.peer)
-            self.sync_fib()
+            self._fib_dirty.set()
+
+    def fib_worker(self, stop: threading.Event) -> None:
+        """Apply the RIB to the kernel once per burst: every update that arrived
+        while the previous batch was being written goes into the next one."""
+        while not stop.is_set():
+            if not self._fib_dirty.wait(0.5):
+                continue
+            time.sleep(0.002)  # let the rest of a burst arrive
+            self._fib_dirty.clear()
+            failed = False
+            with self.lock:
+                try:
+                    self.sync_fib()
+                except Exception:
+                    log.exception("FIB update failed; retrying")
+                    failed = True
+            if failed:
+                self._fib_dirty.set()
+                stop.wait(0.5)
 
     def encap(self, prefix: str) -> str:
         net = ipaddress.ip_network(prefix)
@@ -344,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         stop.set()  # ExaBGP went away: exit (it respawns us)
 
     threading.Thread(target=read, name="reader", daemon=True).start()
+    threading.Thread(target=api.fib_worker, args=(stop,), name="fib", daemon=True).start()
     api.resync_from_speaker()
     threading.Thread(target=api.sweeper, args=(stop,), name="sweeper", daemon=True).start()
     threading.Thread(target=api.status_writer, args=(stop,), name="status", daemon=True).start()
