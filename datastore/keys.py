@@ -19,6 +19,7 @@ Layout::
     /warren/v1/bgp/peers/<ip>                  bgp.settings.PeerRecord: a global peer (e.g. route reflector)
     /warren/v1/bgp/nodes/<node>/peers/<ip>     bgp.settings.PeerRecord: a peer of one node only
     /warren/v1/status/<node>/bgp               bgp.settings.SessionStatus list, written by the node
+    /warren/v1/profiles/<name>                 profiles.model.Profile (tags, inbound and outbound rules)
 
 Later layers add networks, endpoints, nodes, BGP settings and profiles here,
 and nowhere else.
@@ -43,6 +44,7 @@ BGP = PREFIX + "bgp/"
 BGP_CONFIG = BGP + "config"
 BGP_PEERS = BGP + "peers/"
 STATUS = PREFIX + "status/"
+PROFILES = PREFIX + "profiles/"
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9_.:@-]{1,253}$")
 
@@ -151,3 +153,7 @@ def node_bgp_peer(node: str, address: str) -> str:
 
 def bgp_status(node: str) -> str:
     return STATUS + segment(node, "node name") + "/bgp"
+
+
+def profile(name: str) -> str:
+    return PROFILES + segment(name, "profile name")
