@@ -138,16 +138,15 @@ class ApiProcess:
                 continue
             time.sleep(0.002)  # let the rest of a burst arrive
             self._fib_dirty.clear()
-            failed = False
             with self.lock:
                 try:
-                    self.sync_fib()
+                    ok = self.sync_fib()
                 except Exception:
                     log.exception("FIB update failed; retrying")
-                    failed = True
-            if failed:
+                    ok = False
+            if not ok:  # retry what failed, without spinning
                 self._fib_dirty.set()
-                stop.wait(0.5)
+                stop.wait(1.0)
 
     def encap(self, prefix: str) -> str:
         net = ipaddress.ip_network(prefix)
@@ -193,13 +192,18 @@ class ApiProcess:
         self.nodes = {a: n for n in nodes
                       for a in (n.ipv4, n.ipv6, link_local(n.vtep_mac) if n.vtep_mac else None) if a}
 
-    def sync_fib(self) -> None:
+    def sync_fib(self) -> bool:
+        """Make the kernel match the RIB; False if some routes could not be installed."""
         changes, removed = ribmod.diff(self._kernel, self.plan())
-        if changes or removed:
-            self.fib.apply(changes, removed, before=self.before_route)
-            for prefix in removed:
-                self._kernel.pop(prefix, None)
-            self._kernel.update(changes)
+        if not (changes or removed):
+            return True
+        if self.fib.apply(changes, removed, before=self.before_route):
+            self._kernel = self.fib.learned()  # trust the kernel, not our intent
+            return False
+        for prefix in removed:
+            self._kernel.pop(prefix, None)
+        self._kernel.update(changes)
+        return True
 
     def replay(self, peer: str) -> None:
         for prefix in sorted(self.announced):
