@@ -19,6 +19,7 @@ from datastore import Datastore, DatastoreError, EtcdConfig
 from ipam import IpamError
 
 from . import bgpcmd, ipamcmd, node, pool, status
+from . import profilecmd
 from .cli import CliError, OneLineParser, run
 
 __all__ = ["CliError", "build_parser", "main"]
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     node.register_commands(sub)
     bgpcmd.register(sub)
     status.register(sub)
+    profilecmd.register(sub)
     return parser
 
 

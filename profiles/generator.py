@@ -1,0 +1,404 @@
+"""Profiles -> iptables and ipset rules, as pure functions (no kernel needed).
+
+Input: this host's workload endpoints (:class:`LocalEndpoint`: host-side
+interface, addresses, ordered profile names), the profiles, and the members
+of every tag (addresses of endpoints on *any* host whose profiles carry it).
+Output, per IP version: ``iptables-restore --noflush`` text for the filter
+table and ``ipset restore`` text for the tag sets (:func:`build`).
+
+Chain layout (one table per IP version; ``wrn+`` = workload interfaces)::
+
+    FORWARD --> WARREN-PROFILES-FORWARD   (the agent inserts the jump first)
+                  -i wrn+ -g WARREN-WL-FORWARD
+                  -o wrn+ -g WARREN-WL-FORWARD
+                  (anything else returns to FORWARD untouched)
+    WARREN-WL-FORWARD
+        ctstate RELATED,ESTABLISHED  ACCEPT     - a flow's later packets stop here
+        ctstate INVALID              DROP
+        -i wrn+ -j WARREN-FROM-WL               - outbound policy of the sender
+        -o wrn+ -j WARREN-TO-WL                 - inbound policy of the receiver
+        ACCEPT                                  - both (or the one that applies) allowed
+    INPUT --> WARREN-PROFILES-INPUT
+                  -i wrn+ -g WARREN-WL-INPUT
+    WARREN-WL-INPUT                             - workload -> this host
+        ctstate RELATED,ESTABLISHED ACCEPT; ctstate INVALID DROP
+        (IPv6) ICMPv6 neighbour discovery / MLD  ACCEPT  (link-local, before anti-spoofing)
+        -j WARREN-FROM-WL                       - the sender's outbound policy applies
+        host_policy "drop":   mark HOST -> ACCEPT, else DROP
+        host_policy "accept": ACCEPT
+    WARREN-FROM-WL / WARREN-TO-WL               - dispatch on the interface
+        -i <iface> -g WARREN-FW-<iface>   ...   (-o / WARREN-TW- for TO)
+        DROP                                    - an interface we know nothing of
+    WARREN-FW-<iface>                           - from one workload
+        clear the ACCEPT and HOST mark bits
+        anti-spoofing: a source that is not one of its addresses -> DROP
+        -j WARREN-PO-<profile 1>;  mark ACCEPT -> RETURN
+        -j WARREN-PO-<profile 2>;  mark ACCEPT -> RETURN   ...
+        DROP                                    - no profile allowed it
+    WARREN-TW-<iface>                           - to one workload: the same with
+        WARREN-PI-<profile> chains and no anti-spoofing
+    WARREN-PI-<profile> / WARREN-PO-<profile>   - the profile's rules, in order
+        <match> -j DROP                         - deny
+        <match> -g WARREN-ALLOW                 - allow
+        (end: RETURN without a mark - no decision, the next profile runs)
+    WARREN-ALLOW        set the ACCEPT mark; RETURN
+    WARREN-ALLOW-HOST   set the ACCEPT and HOST marks; RETURN
+
+Why "allow" marks and returns instead of ACCEPTing: a packet between two
+workloads of this host must pass the sender's outbound *and* the
+receiver's inbound policy in the same FORWARD traversal, so an allow may
+only end the endpoint chain. Because a profile chain is entered with ``-j``
+and an allow leaves it with ``-g WARREN-ALLOW``, WARREN-ALLOW's RETURN
+lands back in the endpoint chain right after that profile's jump, where
+the mark test returns. A deny DROPs at once. So the first profile (in the
+endpoint's order) that decides wins, and inside a profile the first
+matching rule wins: traffic is allowed iff a profile allows it and no
+profile before it denies it; otherwise the endpoint chain's final DROP
+applies. An endpoint naming a profile that does not exist gets a DROP at
+that profile's place (fail closed until the profile appears).
+
+Workload -> host (INPUT): with ``host_policy="drop"`` (the default, as
+Felix's DEFAULT_INPUT_CHAIN_ACTION) only outbound allow rules that name a
+destination CIDR (``to cidr 10.0.0.1/32``) open the host: they jump to
+WARREN-ALLOW-HOST, which also sets the HOST mark. A general "allow" (such
+as the default profile's "outbound allow all") does not reach host
+services. With ``host_policy="accept"`` the host is a destination like any
+other: the outbound policy decides. Either way deny rules, anti-spoofing
+and the default DROP apply. Host -> workload (OUTPUT) is not policed.
+
+Warren owns packet mark bits 0x3000000 (ACCEPT_MARK | HOST_MARK); they are
+cleared by every endpoint chain and may still be set when a packet leaves.
+
+Cost (see /work/shared/notes/dataplane.md): the conntrack ACCEPT comes
+first, so only a flow's first packet walks the chains; a tag is one
+``-m set`` match whatever its size, so rules stay O(rules) and a membership
+change rewrites only the set (``ipset swap``), never a chain.
+
+Tag sets are ``hash:ip`` of one family, refilled atomically: the set is
+created if missing, a shared ``warren-v4-tmp`` (``-v6-``) set is filled and
+swapped with it; rules keep referencing the name. Apply order for the
+agent: ipsets first (rules reference them), then the filter text, then
+``ipset destroy`` of :func:`stale_sets`. Stale per-endpoint and per-profile
+chains are deleted by the filter text itself (pass the current chain names
+as ``existing_chains``).
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
+
+from . import names
+from .model import Profile, Rule
+
+FORWARD_CHAIN = "WARREN-PROFILES-FORWARD"
+INPUT_CHAIN = "WARREN-PROFILES-INPUT"
+WL_FORWARD = "WARREN-WL-FORWARD"
+WL_INPUT = "WARREN-WL-INPUT"
+FROM_DISPATCH = "WARREN-FROM-WL"
+TO_DISPATCH = "WARREN-TO-WL"
+ALLOW = "WARREN-ALLOW"
+ALLOW_HOST = "WARREN-ALLOW-HOST"
+STATIC_CHAINS = (FORWARD_CHAIN, INPUT_CHAIN, WL_FORWARD, WL_INPUT, FROM_DISPATCH,
+                 TO_DISPATCH, ALLOW, ALLOW_HOST)
+PARENT_JUMPS = {"FORWARD": FORWARD_CHAIN, "INPUT": INPUT_CHAIN}  # the agent inserts these first
+
+ACCEPT_MARK = 0x1000000  # a profile allowed the packet (cleared by every endpoint chain)
+HOST_MARK = 0x2000000    # ... by a rule that names a destination CIDR (opens the host)
+WORKLOAD_PREFIX = "wrn"  # plugin.dataplane.HOST_PREFIX
+HOST_POLICIES = ("drop", "accept")
+MULTIPORT_MAX = 15       # xt_multiport: 15 ports per match, a range counts twice
+ND_TYPES = (130, 131, 132, 133, 135, 136)  # MLD query/report/done, RS, NS, NA
+SET_OPTIONS = "maxelem 1048576"
+FAMILIES = {4: "inet", 6: "inet6"}
+PROTOCOL_NAMES = {"tcp": "tcp", "udp": "udp", "icmp": "icmp", "icmpv6": "ipv6-icmp"}
+
+
+@dataclass
+class LocalEndpoint:
+    """A workload interface on this host, as the generator needs it."""
+    id: str
+    iface: str                                   # host side, e.g. wrn1234567890a
+    ipv4: Sequence[str] = field(default_factory=list)
+    ipv6: Sequence[str] = field(default_factory=list)
+    profiles: Sequence[str] = field(default_factory=list)  # in order of precedence
+
+    def addresses(self, version: int) -> list[str]:
+        return _addresses(self.ipv4 if version == 4 else self.ipv6, version)
+
+
+@dataclass(frozen=True)
+class Ruleset:
+    """What one IP version's kernel should hold."""
+    version: int
+    filter: str                 # iptables-restore --noflush input (filter table)
+    ipsets: str                 # ipset restore input
+    chains: frozenset[str]      # every chain the filter text defines
+    sets: frozenset[str]        # every tag set the ipset text defines
+
+
+def _addresses(raw: Iterable[str], version: int) -> list[str]:
+    """Plain addresses of ``version`` (a ``/32`` or ``/128`` suffix is allowed)."""
+    out = []
+    for item in raw:
+        try:
+            address = ipaddress.ip_interface(item).ip
+        except ValueError:
+            raise ValueError(f"invalid address {item!r}") from None
+        if address.version == version:
+            out.append(str(address))
+    return sorted(set(out), key=ipaddress.ip_address)
+
+
+def _check_version(version: int) -> None:
+    if version not in (4, 6):
+        raise ValueError(f"invalid IP version {version!r}: use 4 or 6")
+
+
+def _host(address: str, version: int) -> str:
+    return f"{address}/{32 if version == 4 else 128}"
+
+
+def _comment(text: str) -> str:
+    return f'-m comment --comment "{text}"'
+
+
+def _mark(value: int, mask: int) -> str:
+    return f"-j MARK --set-xmark {value:#x}/{mask:#x}"
+
+
+def _has_mark(mask: int) -> str:
+    return f"-m mark --mark {mask:#x}/{mask:#x}"
+
+
+# -- rules -----------------------------------------------------------------------------
+
+def port_chunks(ports: Sequence[int | str] | None) -> list[str | None]:
+    """Split a port list into multiport arguments of at most 15 slots each."""
+    if not ports:
+        return [None]
+    chunks: list[list[str]] = [[]]
+    used = 0
+    for port in ports:
+        weight = 2 if isinstance(port, str) else 1
+        if used + weight > MULTIPORT_MAX:
+            chunks.append([])
+            used = 0
+        chunks[-1].append(str(port))
+        used += weight
+    return [",".join(c) for c in chunks]
+
+
+def rule_lines(chain: str, rule: Rule, version: int, allow_target: str = ALLOW) -> list[str]:
+    """The iptables lines of one rule in ``chain``; none if it cannot match ``version``."""
+    if rule.version not in (None, version):
+        return []
+    match: list[str] = []
+    if rule.protocol:
+        match.append(f"-p {PROTOCOL_NAMES[rule.protocol]}")
+    if rule.src_net:
+        match.append(f"-s {rule.src_net}")
+    if rule.dst_net:
+        match.append(f"-d {rule.dst_net}")
+    if rule.src_tag:
+        match.append(f"-m set --match-set {names.tag_set(rule.src_tag, version)} src")
+    if rule.dst_tag:
+        match.append(f"-m set --match-set {names.tag_set(rule.dst_tag, version)} dst")
+    if rule.icmp_type is not None:
+        code = f"/{rule.icmp_code}" if rule.icmp_code is not None else ""
+        module = "-m icmp --icmp-type" if version == 4 else "-m icmp6 --icmpv6-type"
+        match.append(f"{module} {rule.icmp_type}{code}")
+    target = "-j DROP" if rule.action == "deny" else f"-g {allow_target}"
+    lines = []
+    for sports in port_chunks(rule.src_ports):
+        for dports in port_chunks(rule.dst_ports):
+            ports = [f"-m multiport --sports {sports}"] if sports else []
+            ports += [f"-m multiport --dports {dports}"] if dports else []  # one match each
+            lines.append(" ".join([f"-A {chain}", *match, *ports, target]))
+    return lines
+
+
+def profile_lines(profile: Profile, direction: str, version: int) -> list[str]:
+    """A profile's chain for one direction. Outbound allows naming a CIDR also open the host."""
+    chain = names.profile_chain(profile.name, direction)
+    lines = []
+    for rule in profile.rules(direction):
+        target = ALLOW_HOST if direction == "outbound" and rule.dst_net else ALLOW
+        lines += rule_lines(chain, rule, version, target)
+    return lines
+
+
+# -- endpoints -------------------------------------------------------------------------
+
+def anti_spoof_lines(chain: str, addresses: list[str], version: int) -> list[str]:
+    """Drop packets whose source is not one of the workload's addresses."""
+    note = _comment("warren: source is not the workload's address")
+    if not addresses:
+        return [f"-A {chain} {_comment(f'warren: workload has no IPv{version} address')} -j DROP"]
+    if len(addresses) == 1:
+        return [f"-A {chain} ! -s {_host(addresses[0], version)} {note} -j DROP"]
+    # several addresses: a negated match cannot list them, so borrow the ACCEPT bit
+    return ([f"-A {chain} -s {_host(a, version)} {_mark(ACCEPT_MARK, ACCEPT_MARK)}" for a in addresses]
+            + [f"-A {chain} -m mark ! --mark {ACCEPT_MARK:#x}/{ACCEPT_MARK:#x} {note} -j DROP",
+               f"-A {chain} {_mark(0, ACCEPT_MARK)}"])
+
+
+def endpoint_lines(endpoint: LocalEndpoint, direction: str, profiles: Mapping[str, Profile],
+                   version: int) -> list[str]:
+    """``WARREN-FW-<iface>`` (outbound) or ``WARREN-TW-<iface>`` (inbound)."""
+    outbound = direction == "outbound"
+    chain = (names.from_endpoint_chain if outbound else names.to_endpoint_chain)(endpoint.iface)
+    lines = [f"-A {chain} {_mark(0, ACCEPT_MARK | HOST_MARK)}"]
+    if outbound:
+        lines += anti_spoof_lines(chain, endpoint.addresses(version), version)
+    for name in endpoint.profiles:
+        if name not in profiles:
+            lines.append(f"-A {chain} {_comment(f'warren: profile {name} is missing')} -j DROP")
+            continue
+        lines.append(f"-A {chain} -j {names.profile_chain(name, direction)}")
+        lines.append(f"-A {chain} {_has_mark(ACCEPT_MARK)} -j RETURN")
+    lines.append(f"-A {chain} {_comment('warren: no profile allowed it')} -j DROP")
+    return lines
+
+
+def _dispatch_lines(endpoints: list[LocalEndpoint], outbound: bool) -> list[str]:
+    chain, flag = (FROM_DISPATCH, "-i") if outbound else (TO_DISPATCH, "-o")
+    target = names.from_endpoint_chain if outbound else names.to_endpoint_chain
+    lines = [f"-A {chain} {flag} {e.iface} -g {target(e.iface)}" for e in endpoints]
+    return lines + [f"-A {chain} {_comment('warren: unknown workload interface')} -j DROP"]
+
+
+def _static_lines(version: int, host_policy: str, prefix: str) -> list[str]:
+    wl = f"{prefix}+"
+    established = "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+    invalid = "-m conntrack --ctstate INVALID -j DROP"
+    lines = [f"-A {FORWARD_CHAIN} -i {wl} -g {WL_FORWARD}",
+             f"-A {FORWARD_CHAIN} -o {wl} -g {WL_FORWARD}",
+             f"-A {WL_FORWARD} {established}",
+             f"-A {WL_FORWARD} {invalid}",
+             f"-A {WL_FORWARD} -i {wl} -j {FROM_DISPATCH}",
+             f"-A {WL_FORWARD} -o {wl} -j {TO_DISPATCH}",
+             f"-A {WL_FORWARD} -j ACCEPT",
+             f"-A {INPUT_CHAIN} -i {wl} -g {WL_INPUT}",
+             f"-A {WL_INPUT} {established}",
+             f"-A {WL_INPUT} {invalid}"]
+    if version == 6:
+        lines += [f"-A {WL_INPUT} -p ipv6-icmp -m icmp6 --icmpv6-type {t} -j ACCEPT" for t in ND_TYPES]
+    lines.append(f"-A {WL_INPUT} -j {FROM_DISPATCH}")
+    if host_policy == "drop":
+        lines += [f"-A {WL_INPUT} {_has_mark(HOST_MARK)} -j ACCEPT",
+                  f"-A {WL_INPUT} {_comment('warren: workload to host not allowed')} -j DROP"]
+    else:
+        lines.append(f"-A {WL_INPUT} -j ACCEPT")
+    lines += [f"-A {ALLOW} {_mark(ACCEPT_MARK, ACCEPT_MARK)}",
+              f"-A {ALLOW_HOST} {_mark(ACCEPT_MARK | HOST_MARK, ACCEPT_MARK | HOST_MARK)}"]
+    return lines
+
+
+def filter_rules(endpoints: Iterable[LocalEndpoint], profiles: Mapping[str, Profile], version: int,
+                 host_policy: str = "drop", existing_chains: Iterable[str] = (),
+                 workload_prefix: str = WORKLOAD_PREFIX) -> str:
+    """``iptables-restore --noflush`` text for the filter table of ``version``.
+
+    ``existing_chains`` are the chains in the kernel now: per-endpoint and
+    per-profile chains among them that are no longer wanted are flushed and
+    deleted in the same commit.
+    """
+    return _filter(endpoints, profiles, version, host_policy, existing_chains, workload_prefix)[0]
+
+
+def _filter(endpoints: Iterable[LocalEndpoint], profiles: Mapping[str, Profile], version: int,
+            host_policy: str, existing_chains: Iterable[str],
+            workload_prefix: str) -> tuple[str, list[str]]:
+    """(the text, the chains it defines)."""
+    _check_version(version)
+    if host_policy not in HOST_POLICIES:
+        raise ValueError(f"invalid host policy {host_policy!r}: use drop or accept")
+    eps = sorted(endpoints, key=lambda e: e.iface)
+    seen: set[str] = set()
+    for e in eps:
+        if e.iface in seen:
+            raise ValueError(f"two endpoints use interface {e.iface}")
+        seen.add(e.iface)
+    used = sorted({p for e in eps for p in e.profiles if p in profiles})
+
+    chains = list(STATIC_CHAINS)
+    body = _static_lines(version, host_policy, workload_prefix)
+    body += _dispatch_lines(eps, outbound=True) + _dispatch_lines(eps, outbound=False)
+    for e in eps:
+        chains += [names.from_endpoint_chain(e.iface), names.to_endpoint_chain(e.iface)]
+        body += endpoint_lines(e, "outbound", profiles, version)
+        body += endpoint_lines(e, "inbound", profiles, version)
+    for name in used:
+        for direction in ("inbound", "outbound"):
+            chains.append(names.profile_chain(name, direction))
+            body += profile_lines(profiles[name], direction, version)
+    wanted = set(chains)
+    stale = sorted({c for c in existing_chains if names.is_dynamic_chain(c) and c not in wanted})
+
+    lines = ["*filter"]
+    lines += [f":{chain} - [0:0]" for chain in chains + stale]
+    lines += [f"-F {chain}" for chain in chains + stale]
+    lines += body
+    lines += [f"-X {chain}" for chain in stale]
+    lines += ["COMMIT", ""]
+    return "\n".join(lines), chains
+
+
+# -- tag sets --------------------------------------------------------------------------
+
+def tag_members(endpoints: Iterable[tuple[Iterable[str], Iterable[str]]],
+                profiles: Mapping[str, Profile]) -> dict[str, set[str]]:
+    """``(addresses, profile names)`` of endpoints on every host -> tag -> addresses."""
+    members: dict[str, set[str]] = {}
+    for addresses, profile_names in endpoints:
+        addresses = list(addresses)
+        for name in profile_names:
+            profile = profiles.get(name)
+            for tag in profile.tags if profile else ():
+                members.setdefault(tag, set()).update(addresses)
+    return members
+
+
+def referenced_tags(endpoints: Iterable[LocalEndpoint], profiles: Mapping[str, Profile],
+                    version: int) -> set[str]:
+    """Tags named by rules that the filter text of ``version`` contains."""
+    tags: set[str] = set()
+    for name in {p for e in endpoints for p in e.profiles}:
+        profile = profiles.get(name)
+        for rule in (profile.inbound_rules + profile.outbound_rules) if profile else ():
+            if rule.version in (None, version):
+                tags.update(t for t in (rule.src_tag, rule.dst_tag) if t)
+    return tags
+
+
+def ipset_rules(tags: Iterable[str], members: Mapping[str, Iterable[str]], version: int) -> str:
+    """``ipset restore`` text that (re)fills one set per tag with its ``version`` members."""
+    _check_version(version)
+    family, tmp = FAMILIES[version], names.TMP_SET[version]
+    create = f"hash:ip family {family} {SET_OPTIONS} -exist"
+    lines = [f"create {tmp} {create}"]
+    for tag in sorted(set(tags)):
+        name = names.tag_set(tag, version)
+        lines += [f"create {name} {create}", f"flush {tmp}"]
+        lines += [f"add {tmp} {a}" for a in _addresses(members.get(tag, ()), version)]
+        lines.append(f"swap {tmp} {name}")
+    lines.append(f"destroy {tmp}")
+    return "\n".join(lines) + "\n"
+
+
+def stale_sets(existing: Iterable[str], ruleset: Ruleset) -> list[str]:
+    """Tag sets of ``ruleset.version`` in the kernel that it no longer uses (destroy after applying)."""
+    return sorted(s for s in existing
+                  if names.is_tag_set(s, ruleset.version) and s not in ruleset.sets)
+
+
+def build(endpoints: Iterable[LocalEndpoint], profiles: Mapping[str, Profile],
+          members: Mapping[str, Iterable[str]], version: int, host_policy: str = "drop",
+          existing_chains: Iterable[str] = ()) -> Ruleset:
+    """Everything one IP version needs, consistent: every set the rules name exists."""
+    eps = list(endpoints)
+    text, chains = _filter(eps, profiles, version, host_policy, existing_chains, WORKLOAD_PREFIX)
+    tags = referenced_tags(eps, profiles, version)
+    return Ruleset(version, text, ipset_rules(tags, members, version), frozenset(chains),
+                   frozenset(names.tag_set(t, version) for t in tags))

@@ -1,0 +1,80 @@
+"""Kernel object names of the profiles layer: iptables chains and ipsets.
+
+Every chain is ``WARREN-*`` (at most 28 characters, iptables' limit) and
+every set ``warren-*`` (at most 31, ipset's limit). Names built from a
+profile or tag are a fixed prefix, the first characters of the name (for
+people reading ``iptables-save``) and 10 hex digits of its SHA-256 (for
+uniqueness), so they are short and stable whatever the name's length:
+
+    profile "web-frontend", inbound   -> WARREN-PI-web-fro-<10 hex>     (chain)
+    tag "web-frontend", IPv4          -> warren-v4-web-fronte-<10 hex>  (set)
+
+Per-endpoint chains are named after the endpoint's host-side interface
+(``wrn`` + 11 characters of the endpoint id, at most 15 characters by the
+kernel's IFNAMSIZ), which is already short, stable and unique on a host:
+``WARREN-FW-<iface>`` (from the workload) and ``WARREN-TW-<iface>`` (to it).
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+
+MAX_CHAIN = 28
+MAX_SET = 31
+HASH_LEN = 10
+
+PROFILE_IN = "WARREN-PI-"    # a profile's inbound rules
+PROFILE_OUT = "WARREN-PO-"   # a profile's outbound rules
+FROM_ENDPOINT = "WARREN-FW-"  # traffic from one workload interface
+TO_ENDPOINT = "WARREN-TW-"    # traffic to one workload interface
+TAG_SET = {4: "warren-v4-", 6: "warren-v6-"}
+TMP_SET = {4: "warren-v4-tmp", 6: "warren-v6-tmp"}  # swap partner while a set is refilled
+
+# Prefixes of the chains that come and go with profiles and endpoints (stale ones are removed).
+DYNAMIC_CHAIN_PREFIXES = (PROFILE_IN, PROFILE_OUT, FROM_ENDPOINT, TO_ENDPOINT)
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+_IFACE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+
+
+def _digest(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()[:HASH_LEN]
+
+
+def _hashed(prefix: str, name: str, limit: int) -> str:
+    room = limit - len(prefix) - HASH_LEN - 1
+    readable = _UNSAFE.sub("_", name)[:room]
+    return f"{prefix}{readable}-{_digest(name)}"
+
+
+def profile_chain(profile: str, direction: str) -> str:
+    """The chain holding ``profile``'s ``inbound`` or ``outbound`` rules."""
+    prefix = {"inbound": PROFILE_IN, "outbound": PROFILE_OUT}[direction]
+    return _hashed(prefix, profile, MAX_CHAIN)
+
+
+def tag_set(tag: str, version: int) -> str:
+    """The ipset of every address (on any host) of endpoints whose profiles carry ``tag``."""
+    return _hashed(TAG_SET[version], tag, MAX_SET)
+
+
+def check_iface(iface: str) -> str:
+    if not isinstance(iface, str) or not _IFACE.match(iface):
+        raise ValueError(f"invalid interface name {iface!r}: use 1-15 letters, digits or . _ -")
+    return iface
+
+
+def from_endpoint_chain(iface: str) -> str:
+    return FROM_ENDPOINT + check_iface(iface)
+
+
+def to_endpoint_chain(iface: str) -> str:
+    return TO_ENDPOINT + check_iface(iface)
+
+
+def is_dynamic_chain(chain: str) -> bool:
+    return chain.startswith(DYNAMIC_CHAIN_PREFIXES)
+
+
+def is_tag_set(name: str, version: int) -> bool:
+    return name.startswith(TAG_SET[version]) and name != TMP_SET[version]
