@@ -18,7 +18,7 @@ from functools import cached_property
 from datastore import Datastore, DatastoreError, EtcdConfig
 from ipam import IpamError
 
-from . import bgpcmd, ipamcmd, node, pool, status
+from . import bgpcmd, checksystem, ipamcmd, node, pool, status
 from . import profilecmd
 from .cli import CliError, OneLineParser, run
 
@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     node.register_commands(sub)
     bgpcmd.register(sub)
     status.register(sub)
+    checksystem.register(sub)
     profilecmd.register(sub)
     return parser
 

@@ -1,0 +1,59 @@
+"""warrenctl checksystem on a real node (a warren-lab host) of this machine's kernel."""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+
+import pytest
+
+from ctl.lab import Lab
+from tests.e2e.helpers import ctl
+from tests.e2e.lab.conftest import missing_requirements
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow,
+              pytest.mark.skipif(missing_requirements() is not None,
+                                 reason=missing_requirements() or "")]
+
+
+@pytest.fixture(scope="module")
+def lab():
+    lab = Lab("c" + secrets.token_hex(3))
+    try:
+        lab.up(1, node=True)
+        yield lab
+    finally:
+        lab.down()
+
+
+def host_has_ipip() -> bool:
+    return os.path.exists("/sys/module/ipip")
+
+
+def test_reports_everything_present_but_ipip(lab):
+    result = ctl(lab, "host1", "checksystem", "--json", check=False)
+    checks = {c["name"]: c for c in json.loads(result.stdout)}
+    for name in ("veth", "vxlan", "ipset", "iptables + conntrack + set match", "etcd", "ExaBGP",
+                 "dockerd", "plugin"):
+        assert checks[name]["ok"], checks[name]
+    if not host_has_ipip():
+        assert not checks["ipip"]["ok"] and "CONFIG_NET_IPIP" in checks["ipip"]["detail"]
+        assert not checks["ipip"]["required"]       # no ipip pool: a warning only
+    assert result.returncode == 0
+    text = ctl(lab, "host1", "checksystem").stdout
+    assert "✔ veth" in text and "✔ etcd" in text
+
+
+@pytest.mark.skipif(host_has_ipip(), reason="this kernel has ipip")
+def test_ipip_becomes_required_with_an_ipip_pool(lab):
+    ctl(lab, "host1", "pool", "add", "10.20.80.0/24", "--ipip")
+    try:
+        result = ctl(lab, "host1", "checksystem", check=False)
+        assert result.returncode == 1 and "✘ ipip" in result.stdout and "missing: ipip" in result.stderr
+        ctl(lab, "host1", "node", "stop", "--name", "host1")
+        refused = ctl(lab, "host1", "node", "start", "--name", "host1", check=False)
+        assert refused.returncode == 1 and "CONFIG_NET_IPIP" in refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1
+    finally:
+        ctl(lab, "host1", "pool", "remove", "10.20.80.0/24")
+        ctl(lab, "host1", "node", "start", "--name", "host1")
