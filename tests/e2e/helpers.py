@@ -3,12 +3,33 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 
-from ctl.lab import IMAGE
+import pytest
+
+from ctl.lab import IMAGE, Lab
+from tests.e2e.lab.conftest import missing_requirements
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# Every e2e module: pytestmark = E2E
+E2E = [pytest.mark.e2e, pytest.mark.slow,
+       pytest.mark.skipif(missing_requirements() is not None, reason=missing_requirements() or "")]
+
+
+def lab_fixture(prefix: str, hosts: int, node: bool = True):
+    """A module-scoped warren-lab fixture that always comes down, even on failure."""
+    @pytest.fixture(scope="module")
+    def lab():
+        lab = Lab(prefix + secrets.token_hex(3))
+        try:
+            lab.up(hosts, node=node)
+            yield lab
+        finally:
+            lab.down()
+    return lab
 
 
 def dk(lab, host, *args, check=True, timeout=120) -> subprocess.CompletedProcess:

@@ -8,31 +8,19 @@ at once), a host that vanishes (routes gone within the hold time).
 from __future__ import annotations
 
 import itertools
-import secrets
 import subprocess
 import time
 
 import pytest
 
-from ctl.lab import Lab
-from tests.e2e.helpers import address, ctl, dk, pings, remove_all, run, underlay
-from tests.e2e.lab.conftest import missing_requirements
+from tests.e2e.helpers import E2E, lab_fixture, address, ctl, dk, pings, remove_all, run, underlay
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow,
-              pytest.mark.skipif(missing_requirements() is not None,
-                                 reason=missing_requirements() or "")]
+pytestmark = E2E
 
 HOSTS = ("host1", "host2", "host3")
 
 
-@pytest.fixture(scope="module")
-def lab():
-    lab = Lab("f" + secrets.token_hex(3))
-    try:
-        lab.up(3, node=True)
-        yield lab
-    finally:
-        lab.down()
+lab = lab_fixture("f", 3)
 
 
 @pytest.fixture(autouse=True)

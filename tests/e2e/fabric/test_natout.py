@@ -26,12 +26,9 @@ import pytest
 from bgp.natout import ALL_POOLS, CHAIN, MASQ_POOLS
 from ctl.lab import Lab
 from ctl.lab import net as labnet
-from tests.e2e.helpers import REPO, address, ctl, dk, pings, remove_all, run
-from tests.e2e.lab.conftest import missing_requirements
+from tests.e2e.helpers import E2E, REPO, address, ctl, dk, pings, remove_all, run
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow,
-              pytest.mark.skipif(missing_requirements() is not None,
-                                 reason=missing_requirements() or "")]
+pytestmark = E2E
 
 HOSTS = ("host1", "host2")
 PORT = 7000

@@ -3,27 +3,15 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 
 import pytest
 
-from ctl.lab import Lab
-from tests.e2e.helpers import ctl
-from tests.e2e.lab.conftest import missing_requirements
+from tests.e2e.helpers import E2E, lab_fixture, ctl
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow,
-              pytest.mark.skipif(missing_requirements() is not None,
-                                 reason=missing_requirements() or "")]
+pytestmark = E2E
 
 
-@pytest.fixture(scope="module")
-def lab():
-    lab = Lab("c" + secrets.token_hex(3))
-    try:
-        lab.up(1, node=True)
-        yield lab
-    finally:
-        lab.down()
+lab = lab_fixture("c", 1)
 
 
 def host_has_ipip() -> bool:

@@ -7,30 +7,19 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 import time
 
 import pytest
 
-from ctl.lab import IMAGE, Lab
-from tests.e2e.helpers import (address, count_keys, ctl, dk, network_name, pings, remove_all, run,
+from ctl.lab import IMAGE
+from tests.e2e.helpers import (E2E, lab_fixture, address, count_keys, ctl, dk, network_name, pings, remove_all, run,
                                underlay, used_addresses)
-from tests.e2e.lab.conftest import missing_requirements
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow,
-              pytest.mark.skipif(missing_requirements() is not None,
-                                 reason=missing_requirements() or "")]
+pytestmark = E2E
 
 
-@pytest.fixture(scope="module")
-def lab():
-    lab = Lab("p" + secrets.token_hex(3))
-    try:
-        lab.up(2, node=True)
-        yield lab
-    finally:
-        lab.down()
+lab = lab_fixture("p", 2)
 
 
 @pytest.fixture(autouse=True)
