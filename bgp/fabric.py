@@ -10,7 +10,8 @@ address, but the route goes through a device, ``onlink``:
   -> peer underlay IPv4) and a permanent neighbour for the next hop: the
   peer's underlay IPv4 (route ``onlink``) or, for IPv6, the link-local
   address of the peer's VTEP MAC. MTU = underlay - 50.
-* **ipip**: the kernel's ``tunl0``; MTU = underlay - 20. A kernel without
+* **ipip**: the kernel's ``tunl0``; MTU = underlay - 20; the node's tunnel
+  address (allocated from an ipip pool) on it. A kernel without
   CONFIG_NET_IPIP cannot carry an ipip pool: :func:`check_ipip` says so.
 
 Device names never start with ``wrn`` (that prefix is reserved for workload
@@ -88,6 +89,26 @@ def check_ipip() -> None:
             raise FabricError("this kernel has no IP-in-IP support (CONFIG_NET_IPIP is not set), "
                               "but an ipip pool exists: use --vxlan pools on this host or a kernel with ipip")
         ipr.link("set", index=found[0], state="up")
+
+
+def set_tunnel_address(address: str) -> None:
+    """Give tunl0 this node's tunnel address (a /32 of one of its own blocks), as Calico
+    does: host-originated traffic to a remote container then leaves with it as source,
+    which the remote host's rp_filter accepts (an underlay source arriving on an
+    address-less tunl0 is dropped there). Any other address on tunl0 is removed."""
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=IPIP_DEV)
+        if not found:
+            raise FabricError(f"{IPIP_DEV} does not exist")
+        for addr in ipr.get_addr(index=found[0], family=socket.AF_INET):
+            if addr.get_attr("IFA_ADDRESS") != address:
+                ipr.addr("del", index=found[0], address=addr.get_attr("IFA_ADDRESS"),
+                         prefixlen=addr["prefixlen"])
+        try:
+            ipr.addr("add", index=found[0], address=address, prefixlen=32)
+        except NetlinkError as exc:
+            if exc.code != 17:  # EEXIST: already there
+                raise FabricError(f"cannot put {address} on {IPIP_DEV}: {exc}") from None
 
 
 def set_mtu(device: str, mtu: int) -> None:

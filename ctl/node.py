@@ -19,7 +19,7 @@ import time
 from pyroute2 import IPRoute
 
 from bgp import fabric
-from ipam import InvalidRequest, PoolStore
+from ipam import Allocator, InvalidRequest, PoolStore
 from ipam.nodes import Node, list_nodes, register
 from plugin import forward, server
 from plugin.config import DEFAULT_SOCKET
@@ -128,7 +128,8 @@ def _underlay(ipv4: str | None) -> tuple[str | None, str | None]:
 
 def _setup_fabric(store, name: str, ipv4: str | None, iface: str | None) -> str | None:
     """Encapsulation devices before the speaker starts; returns the VTEP MAC (or None)."""
-    encaps = {p.encap for p in PoolStore(store).list()}
+    pools = PoolStore(store).list()
+    encaps = {p.encap for p in pools}
     underlay_mtu = Dataplane().interface_mtu(iface) if iface else 1500
     mac = None
     if ipv4 and iface:
@@ -144,7 +145,19 @@ def _setup_fabric(store, name: str, ipv4: str | None, iface: str | None) -> str 
         except fabric.FabricError as exc:
             raise NodeError(str(exc)) from None
         fabric.set_mtu(fabric.IPIP_DEV, underlay_mtu - fabric.OVERHEAD["ipip"])
+        fabric.set_tunnel_address(_tunnel_address(store, name, pools))
     return mac
+
+
+def _tunnel_address(store, name: str, pools) -> str:
+    """This node's tunnel address: kept across restarts (one handle per node)."""
+    allocator = Allocator(store, name)
+    handle = f"tunnel-{name}"
+    ipip = [p for p in pools if p.encap == "ipip" and not p.disabled]
+    held = [a for a in allocator.addresses(handle) if any(p.contains(a) for p in ipip)]
+    if held:
+        return held[0]
+    return allocator.assign(handle, pool=ipip[0].cidr, attrs={"purpose": "tunnel"}).address
 
 
 def node_start(args, ctx) -> int:

@@ -38,15 +38,13 @@ What is Warren's and what is scaffolding:
   link`` and the default route through it). Pings are ICMP echoes from a raw
   socket (the base image has no iputils ``ping``; busybox's has no DF option).
 
-tunl0 gets no address, as Warren assigns none. Forwarded container traffic
-needs none: the outer source comes from the underlay route, and the inner
-source (a container of the peer's block) is routed through tunl0, which is
-all the receiving host's rp_filter asks. Host-originated traffic to a remote
-container is another matter: its inner source is the host's underlay
-address, and the receiving host drops it (``rp_filter`` 1 or 2 with no
-address on tunl0 ends in the kernel's "last resort" rejection). That gap is
-an expected failure here, next to the check that an address of the host's
-own block on tunl0 (what Calico does) fixes it.
+Each host puts its tunnel address (an address of its own block; ``warrenctl
+node start`` allocates it from the ipip pool) on tunl0 with
+``fabric.set_tunnel_address``. Forwarded container traffic would not need it,
+but host-originated traffic to a remote container does: without it the inner
+source is the host's underlay address, which the receiving host's rp_filter
+(1 or 2) drops on an address-less tunl0 - a gap this test found, and which
+the tunnel address closes (as in Calico).
 """
 from __future__ import annotations
 
@@ -138,13 +136,19 @@ def configure_underlay(address: str) -> None:
             f.write("2")
 
 
-def setup_node_fabric() -> None:
+def setup_node_fabric(tunnel: str) -> None:
     """The ipip part of ``warrenctl node start`` (``ctl.node._setup_fabric`` with an ipip
     pool, whose import would cost ~10 s here), then forwarding as the node enables it."""
     dataplane = Dataplane()
     fabric.check_ipip()
     fabric.set_mtu(fabric.IPIP_DEV, dataplane.interface_mtu(UNDERLAY_DEV) - fabric.OVERHEAD["ipip"])
+    fabric.set_tunnel_address(tunnel)
     dataplane.ensure_forwarding()
+
+
+def tunnel_address(host: "Host") -> str:
+    """The node's tunnel address: an address of its own block (IPAM gives it in node start)."""
+    return str(ipaddress.ip_network(host.block)[1])
 
 
 def create_workload(endpoint_id: str, address: str, mac: str, ctr_ns: str) -> tuple[str, str]:
@@ -240,7 +244,7 @@ def _host_pair() -> tuple[Host, Host]:
 def _build_host(host: Host, peer: Host) -> None:
     log.info("host %s: underlay, node fabric, workload, route to %s", host.label, peer.block)
     run_in_netns(host.ns, configure_underlay, host.underlay_ip)
-    run_in_netns(host.ns, setup_node_fabric)
+    run_in_netns(host.ns, setup_node_fabric, tunnel_address(host))
     host.endpoint_id = uuid.uuid4().hex * 2
     _, tmp = run_in_netns(host.ns, create_workload, host.endpoint_id, host.workload_ip, host.mac, host.ctr)
     run_in_netns(host.ctr, configure_container, tmp, host.workload_ip)
@@ -371,37 +375,15 @@ def test_full_size_df_packet_fits_and_one_more_byte_does_not(rig):
     assert too_big["error"] == "EMSGSIZE", too_big
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="Warren puts no address on tunl0: the peer's rp_filter (1 or 2, "
-                   "Debian's default is 2) drops what arrives on an address-less tunl0 from a "
-                   "source not routed through it, such as a host's underlay address")
-def test_host_reaches_remote_container(rig):
-    """Host-originated traffic. Without an address on tunl0 the inner source is the
-    host's underlay address; host B decapsulates it and drops it (rp_filter)."""
-    result = run_in_netns(rig.a.ns, ping, rig.b.workload_ip, 84, 1, False, 1.5)
-    assert result["replies"] == 1, result
-
-
-def add_tunl0_address(address: str | None, remove: str | None = None) -> None:
-    with IPRoute() as ipr:
-        index = ipr.link_lookup(ifname=fabric.IPIP_DEV)[0]
-        if address:
-            ipr.addr("add", index=index, address=address, prefixlen=32)
-        if remove:
-            ipr.addr("del", index=index, address=remove, prefixlen=32)
-
-
-def test_a_tunl0_address_is_what_host_traffic_needs(rig):
-    """Calico's answer, checked here (scaffolding, not Warren code): an address of the
-    host's own block on tunl0 becomes the source, and both directions are tunnelled."""
+def test_host_reaches_remote_container_from_its_tunnel_address(rig):
+    """Host-originated traffic: with Warren's tunnel address on tunl0 (fabric.set_tunnel_address,
+    as node start sets it) that address is the inner source, which the remote host's
+    rp_filter (2, as on Debian) accepts, and both directions are tunnelled. Without it
+    the source would be the underlay address, dropped on arrival."""
     a, b = rig.a, rig.b
-    address = str(ipaddress.ip_network(a.block)[1])
-    run_in_netns(a.ns, add_tunl0_address, address)
-    try:
-        with capture(b.ns, f"ip proto {IPIP_PROTO}", packets=2) as cap:
-            result = run_in_netns(a.ns, ping, b.workload_ip, 84, 1)
-    finally:
-        run_in_netns(a.ns, add_tunl0_address, None, address)
+    address = tunnel_address(a)
+    with capture(b.ns, f"ip proto {IPIP_PROTO}", packets=2) as cap:
+        result = run_in_netns(a.ns, ping, b.workload_ip, 84, 1)
     assert result["replies"] == 1, result
     text = _one_line(cap.text)
     assert f"{address} > {b.workload_ip}: ICMP echo request" in text, cap.text
