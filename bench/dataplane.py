@@ -1,0 +1,364 @@
+"""Data plane cost of Warren: container <-> container across hosts, against
+baselines measured in the same run.
+
+One 2-host warren-lab. Paths, client on host1's side, server on host2's:
+
+* ``host``: host1 <-> host2 over the underlay (the lab hosts' own namespaces);
+* ``hand-<encap>``: the same container path Warren builds, made by hand with
+  ``ip`` in two namespaces this script creates, one hanging off each lab host:
+  veth pair (host side MAC ee:ee:ee:ee:ee:ee, ``proxy_arp=1``,
+  ``proxy_delay=0``), a /32 in the "container" with ``169.254.1.1`` as its
+  (onlink) default gateway, a /32 route to it on its host, and on each host a
+  static route to the other container's /32 via the other host's underlay
+  address (``native``) or through a VXLAN device with static neighbour and FDB
+  entries (``vxlan``). This is the kernel's limit for the design;
+* ``warren-<encap>``: two containers on a Warren network (``--ipam-opt
+  vxlan=true`` for ``vxlan``), measured in the containers' network namespaces
+  with the host's iperf3 and busybox (``nsenter -t PID -n``).
+
+In ``--rounds`` rounds, each test runs on every path back to back (the path
+order reverses every round): iperf3 TCP with 1 and 4 streams (``-t --duration
+-O 1 -C cubic``) and ``busybox ping -c 200 -i 0.005`` (average; at a slower rate
+the RTT is mostly the time to wake an idle vCPU). Medians per path; ratios
+warren/hand-built (goals >= 0.97 in throughput, <= 1.05 in RTT) and
+hand-built/host (context: the two extra veth hops), both as a ratio of medians
+and as the median of same-round ratios. The share of the CPUs busy with other
+work just before each measurement is printed: on a shared machine it decides
+how far the figures can be trusted. ``--encap vxlan`` checks first that a vxlan
+pool gives cross-host connectivity and reports "not available" otherwise.
+
+Network safety: every packet stays in the lab's namespaces and the two (four
+with vxlan) this script creates; nothing is attached to the root namespace and
+no client runs there. Everything is removed in ``finally``; only processes
+this script started are stopped, by PID.
+
+    python -m bench.dataplane [--rounds 4] [--duration 3] [--encap native,vxlan] [--quiet PCT]
+
+About 10 s per path and round: the default (5 paths, 4 rounds) takes ~3.5 minutes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import secrets
+import statistics
+import subprocess
+import sys
+import time
+
+from bench.fabric import (create_network, cross_host_pings, host_netns,
+                          in_netns, in_pid_netns, run_container, verdict)
+
+GOAL_THROUGHPUT = 0.97   # warren / hand-built, at least
+GOAL_RTT = 1.05          # warren / hand-built, at most
+
+# Hand-built "containers": outside every Warren pool, inside the lab's guarded 10.20.0.0/16.
+HAND_ADDR = {"native": ("10.20.250.1", "10.20.251.1"), "vxlan": ("10.20.250.2", "10.20.251.2")}
+HAND_VTEP = ("10.20.252.1", "10.20.252.2")
+HAND_VTEP_MAC = ("02:00:0a:14:fc:01", "02:00:0a:14:fc:02")
+HAND_VNI, HAND_VXLAN_PORT = 4242, 4799   # not Warren's, so the two devices never meet
+WARREN_SUBNET = {"native": "10.20.90.0/24", "vxlan": "10.20.91.0/24"}
+VXLAN_OVERHEAD = 50
+GATEWAY = "169.254.1.1"
+HOST_MAC = "ee:ee:ee:ee:ee:ee"
+IPERF_PORT = "5201"
+
+
+def sh(argv: list[str]) -> None:
+    result = subprocess.run(argv, capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(f"{' '.join(argv)}: {result.stderr.strip()}")
+
+
+# -- paths -------------------------------------------------------------------------------
+
+class Path:
+    def __init__(self, name: str, client: list[str], server: list[str], target: str):
+        self.name, self.client, self.server, self.target = name, client, server, target
+        self.proc: subprocess.Popen | None = None
+
+    def start_server(self) -> None:
+        self.proc = subprocess.Popen(self.server + ["iperf3", "-s", "-p", IPERF_PORT],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        time.sleep(0.3)
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"{self.name}: iperf3 server exited with {self.proc.returncode}")
+
+    def stop_server(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class HandBuilt:
+    """The hand-made container path: two namespaces of ours off host1 and host2."""
+
+    def __init__(self, lab, encap: str, tag: str):
+        self.lab, self.encap, self.tag = lab, encap, tag
+        self.netns = [f"wbd{tag}{encap[0]}{i}" for i in (1, 2)]
+        self.veth = [f"hb{tag}{encap[0]}{i}" for i in (1, 2)]
+        self.vxlan = f"hbvx{tag}"
+        self.addr = HAND_ADDR[encap]
+        self.hosts = ("host1", "host2")
+        self.created: list[str] = []
+        self.routes: list[tuple[str, str]] = []   # (host netns, prefix)
+        self.devices: list[tuple[str, str]] = []  # (host netns, ifname)
+
+    def build(self) -> None:
+        lab = self.lab
+        underlay = [lab.host(h).ipv4 for h in self.hosts]
+        hns = [lab.host(h).netns for h in self.hosts]
+        mtu = 1500 - (VXLAN_OVERHEAD if self.encap == "vxlan" else 0)
+        for i in (0, 1):
+            ns, veth, addr = self.netns[i], self.veth[i], self.addr[i]
+            sh(["ip", "netns", "add", ns])
+            self.created.append(ns)
+            sh(["ip", "-n", hns[i], "link", "add", veth, "address", HOST_MAC, "mtu", str(mtu),
+                "type", "veth", "peer", "name", "eth0", "netns", ns, "mtu", str(mtu)])
+            sh(in_netns(f"/run/netns/{hns[i]}", [
+                "sysctl", "-q", "-w", f"net.ipv4.conf.{veth}.proxy_arp=1",
+                f"net.ipv4.neigh.{veth}.proxy_delay=0", f"net.ipv4.conf.{veth}.forwarding=1"]))
+            sh(["ip", "-n", hns[i], "link", "set", veth, "up"])
+            sh(["ip", "-n", hns[i], "route", "add", f"{addr}/32", "dev", veth, "scope", "link"])
+            sh(["ip", "-n", ns, "link", "set", "lo", "up"])
+            sh(["ip", "-n", ns, "link", "set", "eth0", "up"])
+            sh(["ip", "-n", ns, "addr", "add", f"{addr}/32", "dev", "eth0"])
+            sh(["ip", "-n", ns, "route", "add", GATEWAY, "dev", "eth0", "scope", "link"])
+            sh(["ip", "-n", ns, "route", "add", "default", "via", GATEWAY, "dev", "eth0"])
+        for i in (0, 1):
+            j = 1 - i
+            if self.encap == "native":
+                sh(["ip", "-n", hns[i], "route", "add", f"{self.addr[j]}/32", "via", underlay[j], "dev", "eth0"])
+                self.routes.append((hns[i], f"{self.addr[j]}/32"))
+            else:
+                sh(["ip", "-n", hns[i], "link", "add", self.vxlan, "address", HAND_VTEP_MAC[i], "mtu", str(mtu),
+                    "type", "vxlan", "id", str(HAND_VNI), "local", underlay[i], "dev", "eth0",
+                    "dstport", str(HAND_VXLAN_PORT), "nolearning"])
+                self.devices.append((hns[i], self.vxlan))
+                sh(["ip", "-n", hns[i], "addr", "add", f"{HAND_VTEP[i]}/32", "dev", self.vxlan])
+                sh(["ip", "-n", hns[i], "link", "set", self.vxlan, "up"])
+        if self.encap == "vxlan":
+            for i in (0, 1):
+                j = 1 - i
+                sh(["ip", "-n", hns[i], "neigh", "add", HAND_VTEP[j], "lladdr", HAND_VTEP_MAC[j],
+                    "dev", self.vxlan, "nud", "permanent"])
+                sh(["bridge", "-n", hns[i], "fdb", "append", HAND_VTEP_MAC[j], "dev", self.vxlan,
+                    "dst", underlay[j]])
+                sh(["ip", "-n", hns[i], "route", "add", f"{self.addr[j]}/32", "via", HAND_VTEP[j],
+                    "dev", self.vxlan, "onlink"])
+
+    def path(self) -> Path:
+        return Path(f"hand-{self.encap}", in_netns(f"/run/netns/{self.netns[0]}", []),
+                    in_netns(f"/run/netns/{self.netns[1]}", []), self.addr[1])
+
+    def remove(self) -> None:
+        for hns, prefix in self.routes:
+            subprocess.run(["ip", "-n", hns, "route", "del", prefix], capture_output=True)
+        for hns, dev in self.devices:
+            subprocess.run(["ip", "-n", hns, "link", "del", dev], capture_output=True)
+        for ns in self.created:  # deleting the namespace deletes its veth pair
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def warren_path(lab, encap: str) -> tuple[Path | None, str]:
+    name = f"w{encap}"
+    create_network(lab, ("host1", "host2"), name, WARREN_SUBNET[encap], encap)
+    pid1, _ = run_container(lab, "host1", f"c1{encap}", name)
+    pid2, addr2 = run_container(lab, "host2", f"c2{encap}", name)
+    if not cross_host_pings(lab, pid1, addr2, timeout=30):
+        return None, f"no cross-host connectivity on a {encap} pool ({addr2} from host1)"
+    return Path(f"warren-{encap}", in_pid_netns(pid1, []), in_pid_netns(pid2, []), addr2), "ok"
+
+
+# -- measurements ---------------------------------------------------------------------------
+
+def iperf(path: Path, streams: int, duration: int) -> tuple[float, int]:
+    argv = path.client + ["iperf3", "-c", path.target, "-p", IPERF_PORT, "-t", str(duration), "-O", "1",
+                          "-P", str(streams), "-C", "cubic", "-J", "--connect-timeout", "3000"]
+    for attempt in range(3):
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
+        try:
+            data = json.loads(result.stdout)
+            if "error" in data:
+                raise ValueError(data["error"])
+            end = data["end"]
+            return end["sum_received"]["bits_per_second"] / 1e9, int(end["sum_sent"].get("retransmits", 0))
+        except (ValueError, KeyError) as exc:
+            error = f"{exc} {result.stderr.strip()}"
+            time.sleep(1)
+    raise RuntimeError(f"{path.name}: iperf3 -P {streams} failed: {error}")
+
+
+PING_RE = re.compile(r"min/avg/max = ([\d.]+)/([\d.]+)/([\d.]+) ms")
+
+
+def ping(path: Path, count: int) -> tuple[float, float]:
+    """(avg, min) RTT in microseconds."""
+    subprocess.run(path.client + ["busybox", "ping", "-q", "-c", "2", "-W", "1", path.target],
+                   capture_output=True)  # neighbour entries warm
+    result = subprocess.run(path.client + ["busybox", "ping", "-q", "-c", str(count), "-i", "0.005",
+                                           path.target], capture_output=True, text=True, timeout=60)
+    m = PING_RE.search(result.stdout)
+    if result.returncode or not m:
+        raise RuntimeError(f"{path.name}: ping failed: {result.stdout.strip()} {result.stderr.strip()}")
+    return float(m.group(2)) * 1000, float(m.group(1)) * 1000
+
+
+def cpu_busy(seconds: float = 0.3) -> float:
+    """Share of all CPUs busy over ``seconds`` (/proc/stat), while this script is idle:
+    the background load a measurement is about to compete with."""
+    def snap() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        return sum(values[:8]), values[3] + values[4]  # total, idle + iowait
+    t0, i0 = snap()
+    time.sleep(seconds)
+    t1, i1 = snap()
+    return 100.0 * (1 - (i1 - i0) / max(1, t1 - t0))
+
+
+def wait_quiet(below: float, limit: float) -> float:
+    """Wait (at most ``limit`` s) until the machine's background load is under ``below`` %."""
+    deadline = time.monotonic() + limit
+    busy = cpu_busy()
+    while busy >= below and time.monotonic() < deadline:
+        busy = cpu_busy(1.0)
+    return busy
+
+
+def measure(paths: list[Path], rounds: int, duration: int, pings: int,
+            quiet: float = 0.0, quiet_wait: float = 30.0) -> dict[str, dict[str, list[float]]]:
+    """Rounds of: iperf3 x1 on every path, then x4 on every path, then ping on every
+    path. The path order reverses every round (A B C, C B A, ...), so the paths
+    compared (hand-built and warren, listed next to each other) run back to back
+    and neither is always first."""
+    res: dict[str, dict[str, list[float]]] = {
+        p.name: {"tcp1": [], "tcp4": [], "rtt": [], "rtt_min": [], "retr1": [], "retr4": [], "busy": []}
+        for p in paths}
+    for r in range(rounds):
+        order = paths if r % 2 == 0 else paths[::-1]
+        for test in ("tcp1", "tcp4", "rtt"):
+            for p in order:
+                busy = wait_quiet(quiet, quiet_wait) if quiet else cpu_busy()
+                res[p.name]["busy"].append(busy)
+                if test == "rtt":
+                    avg, low = ping(p, pings)
+                    res[p.name]["rtt"].append(avg)
+                    res[p.name]["rtt_min"].append(low)
+                    shown = f"ping avg {avg:6.1f} us (min {low:5.1f})"
+                else:
+                    streams = 1 if test == "tcp1" else 4
+                    gbps, retr = iperf(p, streams, duration)
+                    res[p.name][test].append(gbps)
+                    res[p.name]["retr" + test[-1]].append(retr)
+                    shown = f"{streams} stream{'s' if streams > 1 else ' '} {gbps:6.2f} Gbit/s ({retr:5d} retr)"
+                print(f"   round {r + 1} {p.name:14s} {shown:36s} [background busy {busy:3.0f} %]", flush=True)
+    return res
+
+
+def paired(res, a: str, b: str, key: str) -> float:
+    """Median over rounds of a/b measured in the same round (cancels slow drift of
+    the machine's background load better than a ratio of medians)."""
+    return statistics.median(x / y for x, y in zip(res[a][key], res[b][key]))
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--duration", type=int, default=3, help="seconds per iperf3 run (plus 1 s omitted)")
+    ap.add_argument("--pings", type=int, default=200)
+    ap.add_argument("--quiet", type=float, default=0.0, metavar="PCT",
+                    help="before each cell wait until other work keeps the CPUs less than PCT %% busy "
+                         "(at most --quiet-wait s; 0: do not wait)")
+    ap.add_argument("--quiet-wait", type=float, default=30.0)
+    ap.add_argument("--encap", default="native,vxlan",
+                    help="comma-separated: native, vxlan (default both)")
+    args = ap.parse_args(argv)
+    encaps = [e.strip() for e in args.encap.split(",") if e.strip()]
+    if not encaps or any(e not in ("native", "vxlan") for e in encaps):
+        ap.error("--encap: native and/or vxlan")
+    if os.geteuid() != 0:
+        print("must run as root", file=sys.stderr)
+        return 2
+    from ctl.lab import Lab
+
+    print("Warren data plane benchmark")
+    print(f"command: {sys.executable} -m bench.dataplane " + " ".join(argv))
+    print(f"date: {time.strftime('%Y-%m-%d %H:%M')}, cores: {os.cpu_count()}, "
+          f"load average: {os.getloadavg()[0]:.2f}")
+    tag = secrets.token_hex(2)
+    lab = Lab("bd" + secrets.token_hex(3))
+    hand: list[HandBuilt] = []
+    paths: list[Path] = []
+    try:
+        lab.up(2, node=True)
+        h1, h2 = lab.host("host1"), lab.host("host2")
+        paths.append(Path("host", in_netns(host_netns(lab, "host1"), []),
+                          in_netns(host_netns(lab, "host2"), []), h2.ipv4))
+        unavailable = {}
+        for encap in encaps:
+            hb = HandBuilt(lab, encap, tag)
+            hand.append(hb)
+            hb.build()
+            paths.append(hb.path())
+            wp, why = warren_path(lab, encap)
+            if wp is None:
+                unavailable[encap] = why
+                print(f"warren-{encap}: NOT AVAILABLE: {why} (the hand-built {encap} path is still measured)")
+            else:
+                paths.append(wp)
+        for p in paths:
+            p.start_server()
+            ping(p, 3)  # reachable at all (raises otherwise)
+        print(f"lab {lab.name}: host1 {h1.ipv4}, host2 {h2.ipv4}; paths: {', '.join(p.name for p in paths)}; "
+              f"{args.rounds} rounds of iperf3 -t {args.duration} (-O 1) x1 and x4 streams, "
+              f"ping -c {args.pings} -i 0.005", flush=True)
+        res = measure(paths, args.rounds, args.duration, args.pings, args.quiet, args.quiet_wait)
+    finally:
+        for p in paths:
+            p.stop_server()
+        for hb in hand:
+            hb.remove()
+        lab.down()
+
+    med = {name: {k: statistics.median(v) for k, v in m.items()} for name, m in res.items()}
+    print("\nmedians")
+    for name, m in med.items():
+        print(f"   {name:14s} 1 stream {m['tcp1']:6.2f} Gbit/s   4 streams {m['tcp4']:6.2f} Gbit/s   "
+              f"ping avg {m['rtt']:6.1f} us (min {m['rtt_min']:5.1f})")
+    print("\nratios: of the medians [median of same-round ratios]; RTT: larger is slower")
+    for encap in encaps:
+        hand, warren = f"hand-{encap}", f"warren-{encap}"
+        hand_m, warren_m, host_m = med[hand], med.get(warren), med["host"]
+        print(f"   {hand}/host: 1 stream {hand_m['tcp1'] / host_m['tcp1']:.2f} "
+              f"[{paired(res, hand, 'host', 'tcp1'):.2f}], 4 streams {hand_m['tcp4'] / host_m['tcp4']:.2f} "
+              f"[{paired(res, hand, 'host', 'tcp4'):.2f}], RTT {hand_m['rtt'] / host_m['rtt']:.2f} "
+              f"[{paired(res, hand, 'host', 'rtt'):.2f}]")
+        if warren_m is None:
+            print(f"   {warren}/{hand}: not available ({unavailable[encap]})")
+            continue
+        t1, t4 = warren_m["tcp1"] / hand_m["tcp1"], warren_m["tcp4"] / hand_m["tcp4"]
+        rtt = warren_m["rtt"] / hand_m["rtt"]
+        print(f"   {warren}/{hand}: 1 stream {t1:.2f} [{paired(res, warren, hand, 'tcp1'):.2f}] "
+              f"({verdict(t1 >= GOAL_THROUGHPUT)}), 4 streams {t4:.2f} [{paired(res, warren, hand, 'tcp4'):.2f}] "
+              f"({verdict(t4 >= GOAL_THROUGHPUT)}), RTT {rtt:.2f} [{paired(res, warren, hand, 'rtt'):.2f}] "
+              f"({verdict(rtt <= GOAL_RTT)})   goals >= {GOAL_THROUGHPUT}, <= {GOAL_RTT}")
+    busy = statistics.median(b for m in res.values() for b in m["busy"])
+    print(f"background CPU busy before the cells: median {busy:.0f} % "
+          f"(above ~15 % the figures are contaminated by other work on this machine)")
+    print(f"load average at the end: {os.getloadavg()[0]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
