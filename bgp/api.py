@@ -289,9 +289,7 @@ class ApiProcess:
                         for peer in list(self.up):
                             self.replay(peer)
                 backoff = 0.5
-                watch = self.store.watch_prefix(keys.BLOCKS, start_revision=revision + 1)
-                stopper = threading.Thread(target=lambda: (stop.wait(), watch.cancel()), daemon=True)
-                stopper.start()
+                watch = self.store.watch_prefix(keys.BLOCKS, start_revision=revision + 1).until(stop)
                 for _ in watch:
                     self.announce_diff(self.wanted()[0])
             except DatastoreError as exc:

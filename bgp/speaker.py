@@ -90,8 +90,7 @@ class Speaker:
         while not self.stop.is_set():
             try:
                 revision = self.store.get_prefix(prefix, keys_only=True).revision
-                watch = self.store.watch_prefix(prefix, start_revision=revision + 1)
-                threading.Thread(target=lambda: (self.stop.wait(), watch.cancel()), daemon=True).start()
+                watch = self.store.watch_prefix(prefix, start_revision=revision + 1).until(self.stop)
                 for _ in watch:
                     _, changed = self.write_config()
                     with self.lock:

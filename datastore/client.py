@@ -298,3 +298,14 @@ class Watch:
         self._cancelled = True
         self._requests.put(None)
         self._stream.cancel()
+
+    def until(self, stop: threading.Event) -> "Watch":
+        """Cancel this watch when ``stop`` is set (or when the watch ends): one
+        short-lived helper thread per watch, never an idle one left behind."""
+        def wait() -> None:
+            while not stop.wait(0.5):
+                if self._stream.done():
+                    return
+            self.cancel()
+        threading.Thread(target=wait, name="watch-stop", daemon=True).start()
+        return self

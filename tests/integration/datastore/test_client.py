@@ -146,3 +146,17 @@ def test_client_survives_fork(store):
     p.join(20)
     assert p.exitcode == 0
     assert q.get(timeout=5) == b"parent"
+
+
+def test_watch_until_stop_and_no_helper_left_behind(store, private_etcd):
+    stop = threading.Event()
+    watch = store.watch_prefix(K + "until/").until(stop)
+    threading.Timer(0.2, stop.set).start()
+    assert list(watch) == []                      # stop ended the iteration
+    ds = datastore_for(private_etcd)
+    ended = ds.watch_prefix(K).until(threading.Event())
+    private_etcd.kill()
+    with pytest.raises(DatastoreUnavailable):
+        list(ended)
+    time.sleep(1.2)                               # the helper notices the ended stream
+    assert not [t for t in threading.enumerate() if t.name == "watch-stop"]
