@@ -581,6 +581,7 @@ class Lab:
         if st:
             net.remove_guards(GUARD_PROTO, lay.guard_metric)
         self._remove_dir()
+        shutil.rmtree(lay.etcd_dir, ignore_errors=True)  # on tmpfs, outside the state dir
         left = procs.find(needles=[needle])
         if left:
             log.warning("processes still mention %s: %s", self.dir, left)

@@ -91,6 +91,10 @@ class Layout:
 
     @property
     def etcd_dir(self) -> str:
+        """On tmpfs when there is one: etcd fsyncs every write, and a busy disk can
+        stall it past clients' timeouts; lab data need not survive a reboot."""
+        if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
+            return os.path.join("/dev/shm", f"warren-lab-{self.name}-etcd")
         return os.path.join(self.dir, "etcd")
 
     @property
