@@ -31,10 +31,10 @@ from dataclasses import dataclass
 
 from pyroute2 import IPRoute, NetlinkError
 
+from ipam.workloads import HOST_PREFIX, TMP_PREFIX, host_ifname, tmp_ifname
+
 log = logging.getLogger(__name__)
 
-HOST_PREFIX = "wrn"
-TMP_PREFIX = "tmp"
 HOST_MAC = "ee:ee:ee:ee:ee:ee"
 GATEWAY_V4 = "169.254.1.1"
 GATEWAY_V6 = "fe80::ecee:eeff:feee:eeee"  # EUI-64 link-local of HOST_MAC
@@ -45,14 +45,6 @@ ENCAP_OVERHEAD = {"none": 0, "ipip": 20, "vxlan": 50}
 
 class DataplaneError(Exception):
     pass
-
-
-def host_ifname(endpoint_id: str) -> str:
-    return HOST_PREFIX + endpoint_id[:11]
-
-
-def tmp_ifname(endpoint_id: str) -> str:
-    return TMP_PREFIX + endpoint_id[:11]
 
 
 def workload_mtu(underlay_mtu: int, encap: str) -> int:

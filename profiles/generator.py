@@ -16,6 +16,7 @@ Chain layout (one table per IP version; ``wrn+`` = workload interfaces)::
         ctstate RELATED,ESTABLISHED  ACCEPT     - a flow's later packets stop here
         ctstate INVALID              DROP
         -i wrn+ -j WARREN-FROM-WL               - outbound policy of the sender
+        -o wrn+ ctstate DNAT         ACCEPT     - a port published with docker run -p
         -o wrn+ -j WARREN-TO-WL                 - inbound policy of the receiver
         ACCEPT                                  - both (or the one that applies) allowed
     INPUT --> WARREN-PROFILES-INPUT
@@ -56,6 +57,12 @@ matching rule wins: traffic is allowed iff a profile allows it and no
 profile before it denies it; otherwise the endpoint chain's final DROP
 applies. An endpoint naming a profile that does not exist gets a DROP at
 that profile's place (fail closed until the profile appears).
+
+Published ports: ``docker run -p`` is the user saying "anyone may reach
+this port", as with Docker's own drivers, so a connection that the nat
+table DNATed to a workload (plugin.ports' WARREN-DNAT is the only rule
+that DNATs to workload addresses) skips the receiver's inbound profiles;
+a local sender's outbound policy still applies.
 
 Workload -> host (INPUT): with ``host_policy="drop"`` (the default, as
 Felix's DEFAULT_INPUT_CHAIN_ACTION) only outbound allow rules that name a
@@ -277,6 +284,8 @@ def _static_lines(version: int, host_policy: str, prefix: str) -> list[str]:
              f"-A {WL_FORWARD} {established}",
              f"-A {WL_FORWARD} {invalid}",
              f"-A {WL_FORWARD} -i {wl} -j {FROM_DISPATCH}",
+             f"-A {WL_FORWARD} -o {wl} -m conntrack --ctstate DNAT {_comment('warren: published port')}"
+             " -j ACCEPT",
              f"-A {WL_FORWARD} -o {wl} -j {TO_DISPATCH}",
              f"-A {WL_FORWARD} -j ACCEPT",
              f"-A {INPUT_CHAIN} -i {wl} -g {WL_INPUT}",
@@ -295,22 +304,9 @@ def _static_lines(version: int, host_policy: str, prefix: str) -> list[str]:
     return lines
 
 
-def filter_rules(endpoints: Iterable[LocalEndpoint], profiles: Mapping[str, Profile], version: int,
-                 host_policy: str = "drop", existing_chains: Iterable[str] = (),
-                 workload_prefix: str = WORKLOAD_PREFIX) -> str:
-    """``iptables-restore --noflush`` text for the filter table of ``version``.
-
-    ``existing_chains`` are the chains in the kernel now: per-endpoint and
-    per-profile chains among them that are no longer wanted are flushed and
-    deleted in the same commit.
-    """
-    return _filter(endpoints, profiles, version, host_policy, existing_chains, workload_prefix)[0]
-
-
-def _filter(endpoints: Iterable[LocalEndpoint], profiles: Mapping[str, Profile], version: int,
-            host_policy: str, existing_chains: Iterable[str],
-            workload_prefix: str) -> tuple[str, list[str]]:
-    """(the text, the chains it defines)."""
+def chain_rules(endpoints: Iterable[LocalEndpoint], profiles: Mapping[str, Profile], version: int,
+                host_policy: str = "drop", workload_prefix: str = WORKLOAD_PREFIX) -> dict[str, list[str]]:
+    """Every chain warren wants for ``version``: name -> its ``-A`` lines, in declaration order."""
     _check_version(version)
     if host_policy not in HOST_POLICIES:
         raise ValueError(f"invalid host policy {host_policy!r}: use drop or accept")
@@ -322,27 +318,61 @@ def _filter(endpoints: Iterable[LocalEndpoint], profiles: Mapping[str, Profile],
         seen.add(e.iface)
     used = sorted({p for e in eps for p in e.profiles if p in profiles})
 
-    chains = list(STATIC_CHAINS)
-    body = _static_lines(version, host_policy, workload_prefix)
-    body += _dispatch_lines(eps, outbound=True) + _dispatch_lines(eps, outbound=False)
+    chains: dict[str, list[str]] = {name: [] for name in STATIC_CHAINS}
+    for line in _static_lines(version, host_policy, workload_prefix):
+        chains[line.split()[1]].append(line)
+    chains[FROM_DISPATCH] = _dispatch_lines(eps, outbound=True)
+    chains[TO_DISPATCH] = _dispatch_lines(eps, outbound=False)
     for e in eps:
-        chains += [names.from_endpoint_chain(e.iface), names.to_endpoint_chain(e.iface)]
-        body += endpoint_lines(e, "outbound", profiles, version)
-        body += endpoint_lines(e, "inbound", profiles, version)
+        chains[names.from_endpoint_chain(e.iface)] = endpoint_lines(e, "outbound", profiles, version)
+        chains[names.to_endpoint_chain(e.iface)] = endpoint_lines(e, "inbound", profiles, version)
     for name in used:
         for direction in ("inbound", "outbound"):
-            chains.append(names.profile_chain(name, direction))
-            body += profile_lines(profiles[name], direction, version)
-    wanted = set(chains)
-    stale = sorted({c for c in existing_chains if names.is_dynamic_chain(c) and c not in wanted})
+            chains[names.profile_chain(name, direction)] = profile_lines(profiles[name], direction, version)
+    return chains
 
+
+def restore_text(wanted: Mapping[str, list[str]], applied: Mapping[str, list[str]] | None = None,
+                 existing_chains: Iterable[str] = ()) -> str | None:
+    """``iptables-restore --noflush`` text that turns ``applied`` into ``wanted``.
+
+    With ``applied=None`` every wanted chain is (re)written. Otherwise only
+    the chains whose rules differ are flushed and refilled, and chains that
+    are no longer wanted are flushed and deleted - whether warren applied
+    them (``applied``) or found them in the kernel (``existing_chains``;
+    only warren's dynamic chains are ever deleted). Returns None when there
+    is nothing to do. All of it is one commit: the kernel swaps the table
+    atomically, so no packet sees a half-written state.
+    """
+    if applied is None:
+        changed = list(wanted)
+    else:
+        changed = [c for c, lines in wanted.items() if applied.get(c) != lines]
+    candidates = set(existing_chains) | set(applied or ())
+    stale = sorted(c for c in candidates if names.is_dynamic_chain(c) and c not in wanted)
+    if not changed and not stale:
+        return None
     lines = ["*filter"]
-    lines += [f":{chain} - [0:0]" for chain in chains + stale]
-    lines += [f"-F {chain}" for chain in chains + stale]
-    lines += body
+    lines += [f":{chain} - [0:0]" for chain in changed + stale]
+    lines += [f"-F {chain}" for chain in changed + stale]
+    for chain in changed:
+        lines += wanted[chain]
     lines += [f"-X {chain}" for chain in stale]
     lines += ["COMMIT", ""]
-    return "\n".join(lines), chains
+    return "\n".join(lines)
+
+
+def filter_rules(endpoints: Iterable[LocalEndpoint], profiles: Mapping[str, Profile], version: int,
+                 host_policy: str = "drop", existing_chains: Iterable[str] = (),
+                 workload_prefix: str = WORKLOAD_PREFIX) -> str:
+    """``iptables-restore --noflush`` text for the filter table of ``version``, all chains.
+
+    ``existing_chains`` are the chains in the kernel now: per-endpoint and
+    per-profile chains among them that are no longer wanted are flushed and
+    deleted in the same commit.
+    """
+    wanted = chain_rules(endpoints, profiles, version, host_policy, workload_prefix)
+    return restore_text(wanted, None, existing_chains) or ""
 
 
 # -- tag sets --------------------------------------------------------------------------
@@ -374,17 +404,7 @@ def referenced_tags(endpoints: Iterable[LocalEndpoint], profiles: Mapping[str, P
 
 def ipset_rules(tags: Iterable[str], members: Mapping[str, Iterable[str]], version: int) -> str:
     """``ipset restore`` text that (re)fills one set per tag with its ``version`` members."""
-    _check_version(version)
-    family, tmp = FAMILIES[version], names.TMP_SET[version]
-    create = f"hash:ip family {family} {SET_OPTIONS} -exist"
-    lines = [f"create {tmp} {create}"]
-    for tag in sorted(set(tags)):
-        name = names.tag_set(tag, version)
-        lines += [f"create {name} {create}", f"flush {tmp}"]
-        lines += [f"add {tmp} {a}" for a in _addresses(members.get(tag, ()), version)]
-        lines.append(f"swap {tmp} {name}")
-    lines.append(f"destroy {tmp}")
-    return "\n".join(lines) + "\n"
+    return ipset_text(set_members(tags, members, version), version)
 
 
 def stale_sets(existing: Iterable[str], ruleset: Ruleset) -> list[str]:
@@ -393,12 +413,34 @@ def stale_sets(existing: Iterable[str], ruleset: Ruleset) -> list[str]:
                   if names.is_tag_set(s, ruleset.version) and s not in ruleset.sets)
 
 
+def set_members(tags: Iterable[str], members: Mapping[str, Iterable[str]],
+                version: int) -> dict[str, list[str]]:
+    """Set name -> its sorted ``version`` members, for each tag in ``tags``."""
+    _check_version(version)
+    return {names.tag_set(t, version): _addresses(members.get(t, ()), version) for t in sorted(set(tags))}
+
+
+def ipset_text(sets: Mapping[str, Sequence[str]], version: int) -> str:
+    """``ipset restore`` text that (re)fills each named set with exactly its members."""
+    _check_version(version)
+    family, tmp = FAMILIES[version], names.TMP_SET[version]
+    create = f"hash:ip family {family} {SET_OPTIONS} -exist"
+    lines = [f"create {tmp} {create}"]
+    for name in sorted(sets):
+        lines += [f"create {name} {create}", f"flush {tmp}"]
+        lines += [f"add {tmp} {a}" for a in sets[name]]
+        lines.append(f"swap {tmp} {name}")
+    lines.append(f"destroy {tmp}")
+    return "\n".join(lines) + "\n"
+
+
 def build(endpoints: Iterable[LocalEndpoint], profiles: Mapping[str, Profile],
           members: Mapping[str, Iterable[str]], version: int, host_policy: str = "drop",
           existing_chains: Iterable[str] = ()) -> Ruleset:
     """Everything one IP version needs, consistent: every set the rules name exists."""
     eps = list(endpoints)
-    text, chains = _filter(eps, profiles, version, host_policy, existing_chains, WORKLOAD_PREFIX)
+    wanted = chain_rules(eps, profiles, version, host_policy)
     tags = referenced_tags(eps, profiles, version)
-    return Ruleset(version, text, ipset_rules(tags, members, version), frozenset(chains),
+    return Ruleset(version, restore_text(wanted, None, existing_chains) or "",
+                   ipset_rules(tags, members, version), frozenset(wanted),
                    frozenset(names.tag_set(t, version) for t in tags))

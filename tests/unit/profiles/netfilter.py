@@ -27,7 +27,7 @@ class Packet:
     icmp_code: int | None = None
     iin: str = ""                    # input interface
     iout: str = ""                   # output interface ("" for INPUT)
-    ctstate: str = "NEW"
+    ctstate: str = "NEW"               # comma-separated, e.g. "NEW,DNAT"
     mark: int = 0
 
 
@@ -163,7 +163,7 @@ class Netfilter:
         elif m.kind == "-p":
             hit = p.proto == value
         elif m.kind == "--ctstate":
-            hit = p.ctstate in value.split(",")
+            hit = bool(set(p.ctstate.split(",")) & set(value.split(",")))
         elif m.kind in ("--sports", "--dports"):
             port = p.sport if m.kind == "--sports" else p.dport
             hit = any(low <= port <= high for low, high in _ports(value))

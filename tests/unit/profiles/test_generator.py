@@ -42,6 +42,7 @@ def test_default_profile_for_one_endpoint_v4():
         "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
         "-m conntrack --ctstate INVALID -j DROP",
         "-i wrn+ -j WARREN-FROM-WL",
+        '-o wrn+ -m conntrack --ctstate DNAT -m comment --comment "warren: published port" -j ACCEPT',
         "-o wrn+ -j WARREN-TO-WL",
         "-j ACCEPT"]
     assert chain(text, g.FROM_DISPATCH) == [
@@ -234,3 +235,35 @@ def test_names_of_similar_profiles_differ():
     assert names.tag_set("tmp", 4) != names.TMP_SET[4] and not names.is_tag_set(names.TMP_SET[4], 4)
     assert len(names.from_endpoint_chain("wrn0123456789a")) <= names.MAX_CHAIN
     assert len(names.to_endpoint_chain("a" * 15)) <= names.MAX_CHAIN
+
+
+# -- incremental writes --------------------------------------------------------------------
+
+def test_restore_text_rewrites_only_changed_chains_and_deletes_unwanted_ones():
+    other = g.LocalEndpoint("f" * 64, "wrnfffffffffff", ["10.0.0.6"], [], ["web"])
+    before = g.chain_rules([EP, other], {"web": WEB}, 4)
+    assert g.restore_text(before, before) is None  # nothing changed: nothing to write
+    after = g.chain_rules([EP], {"web": WEB}, 4)
+    text = g.restore_text(after, before)
+    changed = {g.FROM_DISPATCH, g.TO_DISPATCH}
+    gone = {"WARREN-FW-wrnfffffffffff", "WARREN-TW-wrnfffffffffff"}
+    assert set(declared(text)) == changed | gone
+    assert {line[3:] for line in text.splitlines() if line.startswith("-X ")} == gone
+    assert chain(text, g.FROM_DISPATCH) == chain(g.filter_rules([EP], {"web": WEB}, 4), g.FROM_DISPATCH)
+    # a chain warren never wrote but finds in the kernel is deleted too, foreign chains never
+    text = g.restore_text(after, after, ["WARREN-PI-old-0123456789", "DOCKER-USER"])
+    assert declared(text) == ["WARREN-PI-old-0123456789"]
+
+
+def test_a_rule_change_rewrites_the_profile_chain_only():
+    before = g.chain_rules([EP], {"web": WEB}, 4)
+    web = WEB.with_rules("inbound", WEB.inbound_rules + [parse_rule("allow tcp to ports 80".split())])
+    after = g.chain_rules([EP], {"web": web}, 4)
+    assert declared(g.restore_text(after, before)) == [PI]
+
+
+def test_ipset_text_for_chosen_sets():
+    sets = g.set_members(["web"], {"web": ["10.0.0.7", "fd00::7", "10.0.0.5"]}, 4)
+    assert sets == {SET4: ["10.0.0.5", "10.0.0.7"]}
+    text = g.ipset_text(sets, 4)
+    assert text == g.ipset_rules(["web"], {"web": ["10.0.0.7", "fd00::7", "10.0.0.5"]}, 4)

@@ -252,3 +252,14 @@ def test_membership_changes_touch_only_the_sets():
     assert forward(nf, "10.7.7.7", "10.0.0.1", iout=A.iface) == "ACCEPT"
     assert sets[g.names.tag_set("web", 4)] == {"10.0.0.1", "10.0.0.2", "10.7.7.7"}
     assert g.names.TMP_SET[4] not in sets
+
+
+# -- published ports (docker run -p) ---------------------------------------------------------
+
+def test_a_published_port_lets_anyone_in(nf):
+    assert forward(nf, "1.2.3.4", "10.0.0.2", iout=B.iface) == "DROP"
+    assert forward(nf, "1.2.3.4", "10.0.0.2", iout=B.iface, ctstate="NEW,DNAT") == "ACCEPT"
+
+
+def test_a_published_port_does_not_bypass_the_senders_outbound_policy(nf):
+    assert forward(nf, "10.0.0.9", "10.0.0.2", iin=A.iface, iout=B.iface, ctstate="NEW,DNAT") == "DROP"
