@@ -1,6 +1,8 @@
 """Run this node's ExaBGP speaker, supervised.
 
-``python -m bgp.speaker --node NAME`` (started by ``warrenctl node start``):
+:class:`Speaker` runs inside the node agent (``ctl.agent``, started by
+``warrenctl node start``); ``python -m bgp.speaker --node NAME`` runs it alone
+(with nat-outgoing, which the node agent otherwise runs beside it):
 
 * builds the speaker's configuration from etcd (full mesh: every other
   registered node is a peer), validates it, writes it, and runs
@@ -114,8 +116,6 @@ class Speaker:
         for prefix in (keys.NODES, keys.BGP):
             threading.Thread(target=self.follow, args=(prefix,), name=f"follow-{prefix}",
                              daemon=True).start()
-        threading.Thread(target=NatOutgoing().follow, args=(self.store, self.stop),
-                         name="nat-outgoing", daemon=True).start()
         backoff = 1.0
         while not self.stop.is_set():
             try:
@@ -172,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(filename=os.path.join(args.log_dir, "bgp-speaker.log"), level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s")
     speaker = Speaker(args.node, Datastore(EtcdConfig.from_env()), args.run_dir, args.log_dir)
+    threading.Thread(target=NatOutgoing().follow, args=(speaker.store, speaker.stop),
+                     name="nat-outgoing", daemon=True).start()  # the node agent does this itself
     signal.signal(signal.SIGTERM, lambda *_: speaker.stop.set())
     signal.signal(signal.SIGINT, lambda *_: speaker.stop.set())
     return speaker.run()

@@ -1,11 +1,12 @@
 """``warrenctl node start|stop|show``: this host's Warren node.
 
 ``start`` registers the node in etcd, makes sure routed workload traffic may
-be forwarded, reconciles this host's veths and routes with etcd, then runs
-the plugin server (gunicorn on the plugin socket) - in the background with a
-pid file and a log under a per-node directory, or in the foreground with
-``--foreground`` (for containers and systemd). It returns once the socket
-answers ``Plugin.Activate``.
+be forwarded, reconciles this host's veths and routes with etcd, starts the
+node agent (:mod:`ctl.agent`: policy, nat-outgoing and the BGP speaker), then
+runs the plugin server (gunicorn on the plugin socket) - in the background
+with a pid file and a log under a per-node directory, or in the foreground
+with ``--foreground`` (for containers and systemd). It returns once the
+socket answers ``Plugin.Activate``.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from plugin.networks import NetworkDriver
 from plugin.ports import PortPublisher
 from plugin.reconcile import reconcile
 
+from .agent import HOST_POLICY_ENV
 from .bgpcmd import add_peer_commands
 from .output import as_json, table
 from .status import node_status
@@ -51,6 +53,10 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
     start.add_argument("--socket", default=os.environ.get("WARREN_PLUGIN_SOCKET", DEFAULT_SOCKET))
     start.add_argument("--foreground", action="store_true", help="run the plugin in this process")
     start.add_argument("--no-bgp", action="store_true", help="do not run a BGP speaker (single host)")
+    start.add_argument("--workload-to-host", choices=("drop", "accept"),
+                       default=os.environ.get(HOST_POLICY_ENV) or "drop",
+                       help="traffic from workloads to this host: drop unless a profile's outbound "
+                            "rule names the host's address (default), or accept")
     start.set_defaults(func=node_start)
     stop = verbs.add_parser("stop", help="stop this host's node")
     stop.add_argument("--name")
@@ -69,11 +75,11 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
 def _paths(name: str) -> dict[str, str]:
     run, logs = os.path.join(RUN_DIR, name), os.path.join(LOG_DIR, name)
     return {"run": run, "logs": logs, "pid": os.path.join(run, "plugin.pid"),
-            "log": os.path.join(logs, "plugin.log"), "bgp_pid": os.path.join(run, "bgp.pid"),
-            "bgp_log": os.path.join(logs, "bgp-speaker.out")}
+            "log": os.path.join(logs, "plugin.log"), "agent_pid": os.path.join(run, "agent.pid"),
+            "agent_out": os.path.join(logs, "agent.out")}
 
 
-PLUGIN_MARK, BGP_MARK = b"plugin.wsgi", b"bgp.speaker"
+PLUGIN_MARK, AGENT_MARK = b"plugin.wsgi", b"ctl.agent"
 
 
 def _running_pid(pidfile: str, mark: bytes = PLUGIN_MARK) -> int | None:
@@ -99,13 +105,13 @@ def _stop(pidfile: str, mark: bytes, timeout: float = 15.0) -> bool:
     return True
 
 
-def _start_speaker(name: str, paths: dict[str, str], env: dict[str, str]) -> int:
-    argv = [sys.executable, "-m", "bgp.speaker", "--node", name,
-            "--run-dir", paths["run"], "--log-dir", paths["logs"]]
-    with open(paths["bgp_log"], "ab") as out:
+def _start_agent(name: str, paths: dict[str, str], env: dict[str, str], bgp: bool) -> int:
+    argv = [sys.executable, "-m", "ctl.agent", "--node", name,
+            "--run-dir", paths["run"], "--log-dir", paths["logs"]] + ([] if bgp else ["--no-bgp"])
+    with open(paths["agent_out"], "ab") as out:
         proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
-    with open(paths["bgp_pid"], "w") as f:
+    with open(paths["agent_pid"], "w") as f:
         f.write(str(proc.pid))
     return proc.pid
 
@@ -189,14 +195,14 @@ def node_start(args, ctx) -> int:
     if os.path.exists(paths["pid"]):
         os.unlink(paths["pid"])  # stale (checked above); gunicorn would refuse it
     env = dict(os.environ, WARREN_NODE_NAME=name, WARREN_PLUGIN_SOCKET=args.socket)
+    env[HOST_POLICY_ENV] = args.workload_to_host
     if ctx.endpoints:
         env["WARREN_ETCD_ENDPOINTS"] = ctx.endpoints
     if iface:
         env.setdefault("WARREN_UNDERLAY_IFACE", iface)
     argv = server.gunicorn_argv(args.socket, paths["pid"], paths["log"])
-    if not args.no_bgp:
-        _stop(paths["bgp_pid"], BGP_MARK)  # a speaker left from a killed node
-        _start_speaker(name, paths, env)
+    _stop(paths["agent_pid"], AGENT_MARK)  # an agent left from a killed node
+    _start_agent(name, paths, env, bgp=not args.no_bgp)
     if args.foreground:
         os.execve(argv[0], argv, env)
     with open(paths["log"], "ab") as log:
@@ -215,9 +221,9 @@ def node_start(args, ctx) -> int:
 def node_stop(args, ctx) -> int:
     name = args.name or ctx.host
     paths = _paths(name)
-    bgp = _stop(paths["bgp_pid"], BGP_MARK)     # first: peers withdraw our routes at once
+    agent = _stop(paths["agent_pid"], AGENT_MARK)  # first: peers withdraw our routes at once
     plugin = _stop(paths["pid"], PLUGIN_MARK)
-    print(f"Node {name} stopped" if bgp or plugin else f"Node {name} is not running")
+    print(f"Node {name} stopped" if agent or plugin else f"Node {name} is not running")
     return 0
 
 

@@ -96,8 +96,8 @@ def test_reachable_as_soon_as_docker_run_returns(lab):
 
 
 def speaker_children(lab, host) -> list[int]:
-    speaker = int(lab.exec(host, ["cat", f"/run/warren/{host}/bgp.pid"]).stdout.strip())
-    return [int(p) for p in subprocess.run(["pgrep", "-P", str(speaker)], capture_output=True,
+    agent = int(lab.exec(host, ["cat", f"/run/warren/{host}/agent.pid"]).stdout.strip())
+    return [int(p) for p in subprocess.run(["pgrep", "-P", str(agent)], capture_output=True,
                                            text=True).stdout.split()]
 
 

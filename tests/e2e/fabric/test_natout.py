@@ -156,7 +156,7 @@ def host_address(lab, host: str, v6: bool = False) -> str:
 
 
 def speaker_log(lab, host: str) -> str:
-    path = os.path.join(lab.host(host).path("log"), host, "bgp-speaker.log")
+    path = os.path.join(lab.host(host).path("log"), host, "agent.log")
     try:
         with open(path) as f:
             return "".join(f.readlines()[-20:])

@@ -1,0 +1,69 @@
+"""The node agent: one long-running process per host beside the plugin server.
+
+``python -m ctl.agent --node NAME ...`` (started by ``warrenctl node start``)
+runs, as threads of one process (one Python interpreter instead of three,
+which matters for the node's memory):
+
+* the **policy agent** (:mod:`profiles.agent`), single writer of warren's
+  filter chains and tag ipsets;
+* **nat-outgoing** (:mod:`bgp.natout`), single writer of the MASQUERADE
+  chain and pool ipsets - also on a single host without BGP;
+* unless ``--no-bgp``, the **BGP speaker supervisor** (:mod:`bgp.speaker`),
+  which runs ExaBGP and its API process as children and restarts them.
+
+SIGTERM stops all three: the speaker first withdraws this host's routes.
+Killing the agent leaves every rule and route in the kernel; the next
+start resyncs them atomically (see profiles.agent).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+
+log = logging.getLogger("warren.agent")
+
+HOST_POLICY_ENV = "WARREN_WORKLOAD_TO_HOST"  # drop (default) | accept
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="warren-node-agent")
+    ap.add_argument("--node", required=True)
+    ap.add_argument("--run-dir", required=True)
+    ap.add_argument("--log-dir", required=True)
+    ap.add_argument("--no-bgp", action="store_true", help="no BGP speaker (single host)")
+    args = ap.parse_args(argv)
+    from bgp.natout import NatOutgoing  # here, so `warrenctl` need not import them
+    from bgp.speaker import Speaker
+    from datastore import Datastore, EtcdConfig
+    from profiles.agent import PolicyAgent
+    logging.basicConfig(filename=os.path.join(args.log_dir, "agent.log"), level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s")
+    store = Datastore(EtcdConfig.from_env())
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    policy = PolicyAgent(store, args.node, host_policy=os.environ.get(HOST_POLICY_ENV, "drop"))
+    threads = [threading.Thread(target=policy.run, args=(stop,), name="policy", daemon=True),
+               threading.Thread(target=NatOutgoing().follow, args=(store, stop), name="nat-outgoing",
+                                daemon=True)]
+    for thread in threads:
+        thread.start()
+    log.info("node agent for %s started (bgp %s)", args.node, "off" if args.no_bgp else "on")
+    if args.no_bgp:
+        stop.wait()
+    else:
+        speaker = Speaker(args.node, store, args.run_dir, args.log_dir)
+        speaker.stop = stop
+        speaker.run()
+    for thread in threads:
+        thread.join(5)
+    log.info("node agent for %s stopped", args.node)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
