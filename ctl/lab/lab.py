@@ -3,7 +3,11 @@
 Design (see /work/shared/notes/multihost-lab.md for the recipe and its traps):
 
 * an **underlay** netns ``LAB-ul`` with bridge ``br0`` (IPv4 + IPv6) and etcd
-  listening on the bridge address, port 2379;
+  listening on the bridge address, port 2379; or, with ``etcd_members=N``, a
+  static N-member etcd cluster, each member in a netns of its own on the
+  bridge, and with ``etcd_tls=True`` client-certificate TLS (``etcd.py``,
+  ``pki.py``); hosts get every endpoint (and the TLS files) in their
+  environment;
 * per host ``hostI``: netns ``LAB-hI`` whose ``eth0`` is a veth created directly
   between that netns and the underlay (nothing touches the root netns); an
   *anchor* process (``anchor.py``) holding a private mount ns (fresh sysfs,
@@ -29,6 +33,7 @@ itself when it fails midway.
 from __future__ import annotations
 
 import concurrent.futures
+import glob
 import logging
 import os
 import re
@@ -39,10 +44,9 @@ import sys
 import time
 from typing import Any, Callable, Iterable, Mapping
 
-from . import dockerapi, image, net, probe, procs, state
-from .layout import (DEFAULT_NAME, ETCD_CLIENT_PORT, ETCD_PEER_PORT, FIRST_ATTACH_OCTET,
-                     GUARD_PROTO, IMAGE, MAX_HOSTS, STATE_ROOT, HostLayout, Layout,
-                     check_name)
+from . import dockerapi, etcd, image, net, procs, state
+from .layout import (DEFAULT_NAME, FIRST_ATTACH_OCTET, GUARD_PROTO, IMAGE, MAX_ETCD_MEMBERS,
+                     MAX_HOSTS, STATE_ROOT, EtcdMemberLayout, HostLayout, Layout, check_name)
 
 log = logging.getLogger(__name__)
 
@@ -171,8 +175,10 @@ class Lab:
         env = dict(os.environ if base is None else base)
         for var in ("DOCKER_CONTEXT", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH"):
             env.pop(var, None)
-        env.update(WARREN_ETCD_ENDPOINTS=h.lab.etcd_endpoint, WARREN_NODE_NAME=h.name,
-                   DOCKER_HOST=h.docker_host, WARREN_LOG_DIR=h.path("log"))
+        for var in ("WARREN_ETCD_CA", "WARREN_ETCD_CERT", "WARREN_ETCD_KEY"):
+            env.pop(var, None)
+        env.update(h.lab.etcd_client_env)
+        env.update(WARREN_NODE_NAME=h.name, DOCKER_HOST=h.docker_host, WARREN_LOG_DIR=h.path("log"))
         # The venv's warrenctl first; busybox stand-ins for missing tools last.
         venv_bin = os.path.dirname(sys.executable)
         path = env.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
@@ -235,15 +241,16 @@ class Lab:
                 "state_dir": h.dir, "cgroup_parent": "/" + h.cgroup,
             }
 
-        etcd_pid = st.get("etcd_pid")
-        etcd_ok = net.netns_exists(lay.ul_netns) and net.in_netns(
-            lay.ul_netns, probe.etcd_healthy, lay.gateway_v4, ETCD_CLIENT_PORT)
+        members = self.etcd_status()
         return {
             "name": self.name, "phase": st.get("phase"), "index": lay.index, "state_dir": lay.dir,
             "underlay_netns": lay.ul_netns, "bridge": lay.bridge,
             "subnet_v4": lay.subnet_v4, "subnet_v6": lay.subnet_v6,
             "gateway_v4": lay.gateway_v4, "gateway_v6": lay.gateway_v6,
-            "etcd_endpoint": lay.etcd_endpoint, "etcd_pid": etcd_pid, "etcd_running": etcd_ok,
+            "etcd_endpoint": lay.etcd_endpoint, "etcd_pid": members[0]["pid"],
+            "etcd_running": all(m["running"] for m in members),
+            "etcd_endpoints": lay.etcd_endpoints, "etcd_tls": lay.etcd_tls,
+            "etcd_pki": lay.pki_dir if lay.etcd_tls else None, "etcd_members": members,
             "guard_proto": GUARD_PROTO, "guard_metric": lay.guard_metric,
             "guard_routes": net.list_guards(GUARD_PROTO, lay.guard_metric),
             "image": IMAGE, "node": bool(st.get("node")),
@@ -299,8 +306,9 @@ class Lab:
 
     # --- up ----------------------------------------------------------------------------
 
-    def _check_tools(self, node: bool) -> None:
-        missing = [t for t in ("ip", "nsenter", "unshare", "setsid", self.etcd_bin)
+    def _check_tools(self, node: bool, tls: bool = False) -> None:
+        missing = [t for t in ("ip", "nsenter", "unshare", "setsid", self.etcd_bin,
+                               *(["openssl"] if tls else []))
                    if shutil.which(t) is None]
         missing += [p for p in (self.dockerd, self.docker_cli, self.busybox)
                     if not os.access(p, os.X_OK) and shutil.which(p) is None]
@@ -311,23 +319,30 @@ class Lab:
         if os.geteuid() != 0:
             raise LabError("warren-lab must run as root")
 
-    def up(self, hosts: int, *, node: bool = True) -> dict[str, Any]:
-        """Create the lab with ``hosts`` hosts; on any failure tear down and raise LabError."""
+    def up(self, hosts: int, *, node: bool = True, etcd_members: int = 1,
+           etcd_tls: bool = False) -> dict[str, Any]:
+        """Create the lab with ``hosts`` hosts; on any failure tear down and raise LabError.
+
+        ``etcd_members`` > 1 runs a static etcd cluster of that size instead of
+        one etcd; ``etcd_tls`` makes etcd require client certificates (https).
+        """
         if not 1 <= hosts <= MAX_HOSTS:
             raise LabError(f"--hosts must be between 1 and {MAX_HOSTS}")
-        self._check_tools(node)
+        if not 1 <= etcd_members <= MAX_ETCD_MEMBERS:
+            raise LabError(f"--etcd-members must be between 1 and {MAX_ETCD_MEMBERS}")
+        self._check_tools(node, etcd_tls)
         t0 = time.monotonic()
         try:
             st = state.create(self.name, self.root)
         except (state.StateError, OSError) as exc:
             raise LabError(str(exc)) from None
-        lay = state.layout_of(st)
-        layouts = [lay.host(i) for i in range(1, hosts + 1)]
 
         def record_hosts(s: dict[str, Any]) -> None:
             s["node"] = node
-            s["hosts"] = {h.name: {} for h in layouts}
-        self._update(record_hosts)
+            s["etcd"] = {"members": etcd_members, "tls": etcd_tls}
+            s["hosts"] = {f"host{i}": {} for i in range(1, hosts + 1)}
+        lay = state.layout_of(self._update(record_hosts))
+        layouts = [lay.host(i) for i in range(1, hosts + 1)]
         try:
             self._up(lay, layouts, node)
         except BaseException as exc:
@@ -347,39 +362,119 @@ class Lab:
         log.info("lab %s up with %d hosts in %.2fs", self.name, hosts, elapsed)
         return self.status()
 
-    def _etcd(self, lay: Layout):
-        from .etcd import UnderlayEtcd  # heavy import (datastore), only here
-        return UnderlayEtcd(data_dir=lay.etcd_dir, host=lay.gateway_v4,
-                            client_port=ETCD_CLIENT_PORT, peer_port=ETCD_PEER_PORT,
-                            name=self.name, binary=self.etcd_bin,
-                            log_path=os.path.join(lay.dir, "etcd.log"), netns=lay.ul_netns)
+    # --- etcd ----------------------------------------------------------------------------
 
-    def stop_etcd(self, timeout: float = 15.0) -> None:
-        """Stop the lab's etcd (an outage, for failure tests); start_etcd brings it back."""
-        st, _ = self._require()
-        pid = st.get("etcd_pid")
-        if procs.matches(pid, self.etcd_bin):
-            procs.signal_pids([pid], signal.SIGTERM)
-            if procs.wait_gone([pid], timeout):
-                procs.signal_pids([pid], signal.SIGKILL)
-
-    def start_etcd(self) -> None:
+    def etcd_member(self, which: str | int) -> EtcdMemberLayout:
+        """A member by name (``etcd2``; the lab's name without a cluster), number or endpoint."""
         _, lay = self._require()
-        etcd = self._etcd(lay)
-        etcd.start()
-        self._update(lambda s: s.update(etcd_pid=etcd.pid))
-        etcd.wait_ready()
+        for m in lay.etcd:
+            if str(which) in (m.name, str(m.index), m.endpoint, m.ipv4):
+                return m
+        raise LabError(f"lab {self.name!r} has no etcd member {which!r} "
+                       f"(members: {', '.join(m.name for m in lay.etcd)})")
+
+    def _etcd_pid(self, st: dict[str, Any], m: EtcdMemberLayout) -> int | None:
+        pids = st.get("etcd_pids") or {}
+        return pids.get(m.name, st.get("etcd_pid") if m.index == 1 else None)
+
+    def _members(self, member: str | int | None) -> tuple[dict[str, Any], list[EtcdMemberLayout]]:
+        st, lay = self._require()
+        return st, (lay.etcd if member is None else [self.etcd_member(member)])
+
+    def etcd_status(self) -> list[dict[str, Any]]:
+        st, lay = self._require()
+
+        def one(m: EtcdMemberLayout) -> dict[str, Any]:
+            pid = self._etcd_pid(st, m)
+            return {"name": m.name, "netns": m.netns, "ipv4": m.ipv4, "endpoint": m.endpoint,
+                    "peer_url": m.peer_url, "data_dir": m.data_dir, "log": m.log_path, "pid": pid,
+                    "process": etcd.is_ours(m, pid), "running": etcd.healthy(m)}
+        return _parallel(one, lay.etcd)
+
+    def stop_etcd(self, timeout: float = 15.0, member: str | int | None = None,
+                  sig: int = signal.SIGTERM) -> None:
+        """Stop the lab's etcd, or one ``member`` of its cluster (a failure, for tests).
+
+        ``sig``: SIGTERM (then SIGKILL after ``timeout``), SIGKILL (a crash) or
+        SIGSTOP (a hung member: connections stay open, nothing answers).
+        ``start_etcd`` brings it back.
+        """
+        st, members = self._members(member)
+        for m in members:
+            etcd.stop(m, self._etcd_pid(st, m), sig, timeout)
+
+    def start_etcd(self, member: str | int | None = None, timeout: float = 30.0) -> None:
+        """Start (or resume, after SIGSTOP) the lab's etcd members that are not running."""
+        st, members = self._members(member)
+        started: dict[EtcdMemberLayout, int | None] = {}
+        for m in members:
+            pid = self._etcd_pid(st, m)
+            if etcd.is_ours(m, pid):
+                procs.signal_pids([pid], signal.SIGCONT)  # type: ignore[list-item]
+                started[m] = pid
+            else:
+                started[m] = etcd.start(m, self.etcd_bin)
+        self._record_etcd_pids(started)
+        try:
+            etcd.wait_ready(started, timeout)
+        except etcd.EtcdError as exc:
+            raise LabError(str(exc)) from None
+
+    def _record_etcd_pids(self, pids: dict[EtcdMemberLayout, int | None]) -> None:
+        def change(s: dict[str, Any]) -> None:
+            s.setdefault("etcd_pids", {}).update({m.name: p for m, p in pids.items()})
+            for m, p in pids.items():
+                if m.index == 1:
+                    s["etcd_pid"] = p
+        self._update(change)
+
+    def etcd_leader(self) -> str | None:
+        """Name of the member that leads the cluster now (None during an election)."""
+        _, lay = self._require()
+        lead = etcd.leader(lay)
+        return lead.name if lead else None
+
+    def move_etcd_leader(self, member: str | int, timeout: float = 20.0) -> None:
+        _, lay = self._require()
+        try:
+            etcd.move_leader(lay, self.etcd_member(member), timeout)
+        except etcd.EtcdError as exc:
+            raise LabError(str(exc)) from None
+
+    def etcd_connections(self, host: str | int | HostLayout) -> dict[str, int]:
+        """Established TCP connections from ``host`` to each etcd member (by name)."""
+        h = host if isinstance(host, HostLayout) else self.host(host)
+        _, lay = self._require()
+        by_addr = {m.ipv4: m.name for m in lay.etcd}
+        if not net.netns_exists(h.netns):
+            raise LabError(f"{h.name}: netns {h.netns} is gone")
+        out = subprocess.run(["nsenter", f"--net={net.netns_path(h.netns)}", "--", "ss", "-Htn",
+                              "state", "established", "( dport = :2379 )"],
+                             capture_output=True, text=True, timeout=30)
+        counts = {m.name: 0 for m in lay.etcd}
+        for line in out.stdout.splitlines():
+            fields = line.split()
+            if len(fields) >= 4:
+                addr = fields[3].rsplit(":", 1)[0].strip("[]")
+                if addr in by_addr:
+                    counts[by_addr[addr]] += 1
+        return counts
 
     def _up(self, lay: Layout, layouts: list[HostLayout], node: bool) -> None:
-        from .etcd import EtcdError
-
         t = time.monotonic()
         net.add_guards(lay.guard_prefixes, GUARD_PROTO, lay.guard_metric)
         self._make_fallback_bin(lay)
         self._make_underlay(lay)
-        etcd = self._etcd(lay)
-        etcd.start()
-        self._update(lambda s: s.update(etcd_pid=etcd.pid))
+        if lay.etcd_tls:
+            from .pki import PkiError, make_lab_pki
+            try:
+                make_lab_pki(lay.pki_dir, lay.name, {f"etcd{m.index}": m.ipv4 for m in lay.etcd})
+            except PkiError as exc:
+                raise LabError(str(exc)) from None
+        for m in lay.etcd:
+            etcd.make_netns(m)
+        etcd_pids: dict[EtcdMemberLayout, int | None] = {m: etcd.start(m, self.etcd_bin) for m in lay.etcd}
+        self._record_etcd_pids(etcd_pids)
         for h in layouts:
             self._make_host_net(h)
         anchors = {h.name: self._spawn_anchor(h) for h in layouts}
@@ -402,8 +497,8 @@ class Lab:
         _parallel(ready_host, layouts)
         log.debug("dockerd ready and image imported at %.2fs", time.monotonic() - t)
         try:
-            etcd.wait_ready()
-        except EtcdError as exc:
+            etcd.wait_ready(etcd_pids)
+        except etcd.EtcdError as exc:
             raise LabError(str(exc)) from None
         log.debug("etcd ready at %.2fs", time.monotonic() - t)
         if node:
@@ -533,6 +628,8 @@ class Lab:
         hosts = self._known_hosts(st, lay)
         attachments = st.get("attachments", []) if st else []
         own_netns = [a["netns"] for a in attachments if a.get("created")]
+        own_netns += sorted({m.netns for m in lay.etcd if m.own_netns}
+                            | set(net.list_netns(f"{self.name}-e")))
         all_netns = [h.netns for h in hosts] + own_netns + [lay.ul_netns]
         guards = net.list_guards(GUARD_PROTO, lay.guard_metric) if st else []
         if not (st or os.path.exists(self.dir) or guards
@@ -581,7 +678,8 @@ class Lab:
         if st:
             net.remove_guards(GUARD_PROTO, lay.guard_metric)
         self._remove_dir()
-        shutil.rmtree(lay.etcd_dir, ignore_errors=True)  # on tmpfs, outside the state dir
+        for d in [lay.etcd_dir] + glob.glob(lay.etcd_dir + "[0-9]*"):
+            shutil.rmtree(d, ignore_errors=True)  # on tmpfs, outside the state dir
         left = procs.find(needles=[needle])
         if left:
             log.warning("processes still mention %s: %s", self.dir, left)

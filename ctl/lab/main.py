@@ -1,11 +1,12 @@
 """warren-lab: a multi-host Docker lab in network namespaces, for Warren's tests.
 
-    warren-lab up --hosts N [--name LAB] [--no-node]
+    warren-lab up --hosts N [--name LAB] [--no-node] [--etcd-members M] [--etcd-tls]
     warren-lab down [--name LAB]
     warren-lab status [--json] [--name LAB]
     warren-lab exec [--name LAB] HOST -- CMD...
     warren-lab docker [--name LAB] HOST ARGS...
     warren-lab attach [--name LAB] NETNS [--ipv4 A] [--ipv6 A] [--ifname IF]
+    warren-lab etcd [--name LAB] start|stop|kill|pause|leader [MEMBER]
 
 ``--name`` may also come before the command; its default is $WARREN_LAB_NAME
 or ``wl``. Expected failures are one line on stderr and exit 1; ``--debug``
@@ -18,11 +19,12 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 
 from ..cli import CliError, OneLineParser, run
 from .lab import Lab, LabError
-from .layout import DEFAULT_NAME, MAX_HOSTS
+from .layout import DEFAULT_NAME, MAX_ETCD_MEMBERS, MAX_HOSTS
 
 
 
@@ -44,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("up", parents=[named], help="create the lab")
     p.add_argument("--hosts", type=int, required=True, metavar="N", help=f"1..{MAX_HOSTS}")
     p.add_argument("--no-node", action="store_true", help="do not run 'warrenctl node start'")
+    p.add_argument("--etcd-members", type=int, default=1, metavar="M",
+                   help=f"run a static etcd cluster of M members (1..{MAX_ETCD_MEMBERS}; default 1)")
+    p.add_argument("--etcd-tls", action="store_true",
+                   help="etcd over https with client certificates (a lab CA made with openssl)")
     p.add_argument("--json", action="store_true", help="print the status as JSON")
     p.set_defaults(func=cmd_up)
 
@@ -71,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ifname", default="eth0", help="interface name in the netns")
     p.add_argument("--default-route", action="store_true", help="default routes via the bridge")
     p.set_defaults(func=cmd_attach)
+
+    p = sub.add_parser("etcd", parents=[named], help="fail or restore etcd members, show the leader")
+    p.add_argument("action", choices=("start", "stop", "kill", "pause", "leader"),
+                   help="start (or resume) | stop (SIGTERM) | kill (SIGKILL) | pause (SIGSTOP) | leader")
+    p.add_argument("member", nargs="?", help="etcd1, 2, ... (default: every member)")
+    p.set_defaults(func=cmd_etcd)
     return parser
 
 
@@ -78,7 +90,10 @@ def _print_status(st: dict) -> None:
     print(f"lab {st['name']}: {st['phase']}, state {st['state_dir']}")
     print(f"  underlay {st['underlay_netns']} bridge {st['bridge']} "
           f"{st['subnet_v4']} {st['subnet_v6']}")
-    print(f"  etcd {st['etcd_endpoint']} {'up' if st['etcd_running'] else 'DOWN'}")
+    tls = " (TLS, pki " + st["etcd_pki"] + ")" if st.get("etcd_tls") else ""
+    for m in st.get("etcd_members", []):
+        print(f"  etcd {m['name']} {m['endpoint']} {'up' if m['running'] else 'DOWN'} "
+              f"pid {m['pid']}{'' if m['netns'] == st['underlay_netns'] else ' netns ' + m['netns']}{tls}")
     print(f"  guards proto {st['guard_proto']} metric {st['guard_metric']}: "
           f"{' '.join(st['guard_routes']) or 'none'}")
     for h in st["hosts"]:
@@ -89,7 +104,8 @@ def _print_status(st: dict) -> None:
 
 
 def cmd_up(args: argparse.Namespace, lab: Lab) -> int:
-    st = lab.up(args.hosts, node=not args.no_node)
+    st = lab.up(args.hosts, node=not args.no_node, etcd_members=args.etcd_members,
+                etcd_tls=args.etcd_tls)
     if args.json:
         print(json.dumps(st, indent=2))
     else:
@@ -138,6 +154,21 @@ def cmd_attach(args: argparse.Namespace, lab: Lab) -> int:
     rec = lab.attach(args.netns, ipv4=args.ipv4, ipv6=args.ipv6, ifname=args.ifname,
                      default_route=args.default_route)
     print(json.dumps(rec))
+    return 0
+
+
+def cmd_etcd(args: argparse.Namespace, lab: Lab) -> int:
+    if args.action == "leader":
+        print(lab.etcd_leader() or "no leader")
+        return 0
+    if args.action == "start":
+        lab.start_etcd(args.member)
+    else:
+        sig = {"stop": signal.SIGTERM, "kill": signal.SIGKILL, "pause": signal.SIGSTOP}[args.action]
+        lab.stop_etcd(member=args.member, sig=sig)
+    for m in lab.etcd_status():
+        if args.member is None or m["name"] == lab.etcd_member(args.member).name:
+            print(f"{m['name']} {m['endpoint']} {'up' if m['running'] else 'down'}")
     return 0
 
 

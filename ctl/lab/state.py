@@ -81,4 +81,6 @@ def create(name: str, root: str = STATE_ROOT) -> dict[str, Any]:
 
 
 def layout_of(state: dict[str, Any]) -> Layout:
-    return Layout(state["name"], int(state["index"]), state.get("root", STATE_ROOT))
+    etcd = state.get("etcd") or {}
+    return Layout(state["name"], int(state["index"]), state.get("root", STATE_ROOT),
+                  etcd_members=int(etcd.get("members", 1)), etcd_tls=bool(etcd.get("tls", False)))
