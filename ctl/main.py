@@ -17,9 +17,10 @@ from functools import cached_property
 
 from datastore import Datastore, DatastoreError, EtcdConfig
 from ipam import IpamError
+from plugin.errors import PluginError
 
 from . import bgpcmd, checksystem, ipamcmd, node, pool, status
-from . import profilecmd
+from . import containercmd, endpointcmd, profilecmd
 from .cli import CliError, OneLineParser, run
 
 __all__ = ["CliError", "build_parser", "main"]
@@ -49,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.register(sub)
     checksystem.register(sub)
     profilecmd.register(sub)
+    endpointcmd.register(sub)
+    containercmd.register(sub)
     return parser
 
 
@@ -65,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     def action() -> int:
         args = build_parser().parse_args(argv)
         return args.func(args, Context(endpoints=args.etcd_endpoints, host=default_host()))
-    return run("warrenctl", action, (IpamError, DatastoreError, ValueError, node.NodeError, OSError), debug)
+    errors = (IpamError, DatastoreError, ValueError, node.NodeError, PluginError, OSError)
+    return run("warrenctl", action, errors, debug)
 
 
 if __name__ == "__main__":

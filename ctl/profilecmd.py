@@ -13,8 +13,7 @@ import json
 import sys
 from typing import Callable
 
-from datastore import codec, keys
-from plugin.records import Endpoint, Network
+from ipam.workloads import Endpoint, WorkloadStore, effective_profiles
 from profiles import Profile, ProfileError, ProfileStore
 from profiles.grammar import format_rule, parse_rule
 from profiles.model import DIRECTIONS, rules_from_document
@@ -124,26 +123,13 @@ def _verb(verb: str, rest: list[str], ctx) -> int:
 
 
 def members(store) -> dict[str, list[Endpoint]]:
-    """Profile name -> the endpoints using it.
-
-    Today an endpoint uses the profile its Docker network was created with
-    (``-o profile=NAME``); per-endpoint profile lists come with the endpoint
-    commands.
-    """
-    by_network: dict[str, str] = {}
-    for kv in store.get_prefix(keys.NETWORKS):
-        network = codec.loads(Network, kv.value)
-        if network.profile:
-            by_network[network.id] = network.profile
+    """Profile name -> the endpoints using it (their own list, else their network's profile)."""
+    workloads = WorkloadStore(store)
+    networks = workloads.networks()
     out: dict[str, list[Endpoint]] = {}
-    if not by_network:
-        return out
-    for kv in store.get_prefix(keys.ENDPOINTS):
-        endpoint = codec.loads(Endpoint, kv.value)
-        if endpoint.network in by_network:
-            out.setdefault(by_network[endpoint.network], []).append(endpoint)
-    for found in out.values():
-        found.sort(key=lambda e: (e.host, e.id))
+    for endpoint in workloads.endpoints():
+        for name in effective_profiles(endpoint, networks):
+            out.setdefault(name, []).append(endpoint)
     return out
 
 

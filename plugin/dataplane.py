@@ -74,14 +74,15 @@ class Dataplane:
             log.warning("cannot enable IPv6 forwarding; IPv6 workloads will not be routed")
 
     def create_workload(self, endpoint_id: str, addresses: list[str], mac: str, mtu: int,
-                        peer_netns: str | None = None) -> tuple[str, str]:
+                        peer_netns: str | None = None, peer_name: str | None = None) -> tuple[str, str]:
         """Create the veth pair and host routes; returns (host ifname, peer ifname).
 
         ``peer_netns`` creates the peer directly inside that namespace (a path
-        or a name), which is much cheaper than moving it afterwards. On any
-        failure everything created so far is removed again.
+        or a name), which is much cheaper than moving it afterwards, and
+        ``peer_name`` names it there (default ``tmp<id>``). On any failure
+        everything created so far is removed again.
         """
-        host, tmp = host_ifname(endpoint_id), tmp_ifname(endpoint_id)
+        host, tmp = host_ifname(endpoint_id), peer_name or tmp_ifname(endpoint_id)
         peer: dict = {"ifname": tmp, "address": mac, "mtu": mtu}
         if peer_netns is not None:
             peer["net_ns_fd"] = peer_netns
@@ -122,14 +123,78 @@ class Dataplane:
         ipr.route("replace", dst=f"{address}/{length}", oif=index, scope="link" if length == 32 else 0,
                   proto=RTPROT_WARREN, family=socket.AF_INET if length == 32 else socket.AF_INET6)
 
-    def add_routes(self, endpoint_id: str, addresses: list[str]) -> None:
-        """(Re)install the host routes of an existing workload interface."""
+    def add_routes(self, endpoint_id: str, addresses: list[str], mac: str | None = None) -> None:
+        """(Re)install the host routes (and, given the MAC, neighbours) of a workload interface."""
         with IPRoute() as ipr:
             found = ipr.link_lookup(ifname=host_ifname(endpoint_id))
             if not found:
                 raise DataplaneError(f"interface {host_ifname(endpoint_id)} does not exist")
+            if any(_prefixlen(a) == 128 for a in addresses):
+                self._configure_host_side(host_ifname(endpoint_id), True)
             for address in addresses:
                 self._add_route(ipr, found[0], address)
+                if mac:
+                    ipr.neigh("replace", dst=address, lladdr=mac, ifindex=found[0], state="permanent",
+                              family=socket.AF_INET if _prefixlen(address) == 32 else socket.AF_INET6)
+
+    def remove_routes(self, endpoint_id: str, addresses: list[str]) -> None:
+        """Remove host routes of a workload interface (idempotent)."""
+        with IPRoute() as ipr:
+            found = ipr.link_lookup(ifname=host_ifname(endpoint_id))
+            for address in addresses if found else ():
+                length = _prefixlen(address)
+                try:
+                    ipr.route("del", dst=f"{address}/{length}", oif=found[0],
+                              family=socket.AF_INET if length == 32 else socket.AF_INET6)
+                except NetlinkError as exc:
+                    if exc.code != 3:  # ESRCH: no such route
+                        raise
+
+    # -- inside a container (``warrenctl container add``) ----------------------
+
+    def configure_peer(self, netns: str, ifname: str, addresses: list[str],
+                       gateway_v4: str = GATEWAY_V4, default_route: bool = True) -> None:
+        """Do inside ``netns`` what Docker does with the plugin's Join answer.
+
+        Addresses as /32 and /128, the interface up, a connected route to the
+        IPv4 gateway and default routes via it and via the host side's
+        link-local address (unless the container already has a default route).
+        """
+        with IPRoute(netns=netns) as ns:
+            found = ns.link_lookup(ifname=ifname)
+            if not found:
+                raise DataplaneError(f"interface {ifname} is not in the container")
+            index = found[0]
+            ns.link("set", index=index, state="up")
+            for address in addresses:
+                self._add_inside(ns, index, address)
+            if any(_prefixlen(a) == 32 for a in addresses):
+                ns.route("replace", dst=f"{gateway_v4}/32", oif=index, scope="link")
+                if default_route and not ns.get_default_routes(family=socket.AF_INET):
+                    ns.route("add", dst="0.0.0.0/0", gateway=gateway_v4, oif=index)
+            if any(_prefixlen(a) == 128 for a in addresses):
+                if default_route and not ns.get_default_routes(family=socket.AF_INET6):
+                    ns.route("add", dst="::/0", gateway=GATEWAY_V6, oif=index, family=socket.AF_INET6)
+
+    @staticmethod
+    def _add_inside(ns: IPRoute, index: int, address: str) -> None:
+        length = _prefixlen(address)
+        flags = {"flags": 0x80} if length == 128 else {}  # IFA_F_NODAD: usable at once
+        try:
+            ns.addr("add", index=index, address=address, prefixlen=length, **flags)
+        except NetlinkError as exc:
+            if exc.code != 17:  # EEXIST: already there
+                raise
+
+    def remove_peer_addresses(self, netns: str, ifname: str, addresses: list[str]) -> None:
+        with IPRoute(netns=netns) as ns:
+            found = ns.link_lookup(ifname=ifname)
+            for address in addresses if found else ():
+                try:
+                    ns.addr("del", index=found[0], address=address, prefixlen=_prefixlen(address))
+                except NetlinkError as exc:
+                    if exc.code not in (99, 19):  # EADDRNOTAVAIL, ENODEV: already gone
+                        raise
 
     def remove_workload(self, endpoint_id: str) -> bool:
         """Delete the veth pair (its routes go with it). Idempotent."""

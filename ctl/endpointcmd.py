@@ -1,0 +1,99 @@
+"""``warrenctl endpoint ...``: calicoctl v0.x's endpoint commands.
+
+    warrenctl endpoint show [--host=<HOST>] [--detailed]
+    warrenctl endpoint <ENDPOINT_ID> profile (append|remove|set) <PROFILES>...
+    warrenctl endpoint <ENDPOINT_ID> profile show
+
+An endpoint id may be abbreviated to a unique prefix (as ``show`` prints
+12 characters). Until its own list is set, an endpoint uses its Docker
+network's profile; ``append``/``remove`` start from that list. Profiles
+named by ``append`` and ``set`` must exist.
+"""
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+
+from ipam.workloads import Endpoint, WorkloadStore, effective_profiles, profile_change
+from profiles import ProfileStore
+
+from .cli import CliError
+from .output import table
+
+USAGE = """\
+warrenctl endpoint show [--host=<HOST>] [--detailed]
+       warrenctl endpoint <ENDPOINT_ID> profile (append|remove|set) <PROFILES>...
+       warrenctl endpoint <ENDPOINT_ID> profile show"""
+PROFILE_VERBS = ("append", "remove", "set")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    endpoint = sub.add_parser("endpoint", help="show endpoints and set their profiles", usage=USAGE)
+    endpoint.add_argument("words", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    endpoint.set_defaults(func=endpoint_command)
+
+
+def _usage_error(message: str) -> CliError:
+    return CliError(f"{message} (see 'warrenctl endpoint --help')")
+
+
+def endpoint_command(args, ctx) -> int:
+    words = [w for w in args.words if w != "--debug"]
+    if not words:
+        raise _usage_error("missing endpoint command: show or <ENDPOINT_ID> profile ...")
+    if words[0] == "show":
+        return _show(words[1:], ctx)
+    if len(words) < 3 or words[1] != "profile":
+        raise _usage_error(f"unknown endpoint command {' '.join(words)!r}")
+    workloads = WorkloadStore(ctx.store)
+    return profile_words(workloads, ProfileStore(ctx.store), workloads.find(words[0]), words[2:],
+                         f"endpoint {words[0]}")
+
+
+def profile_words(workloads: WorkloadStore, profiles: ProfileStore, endpoint: Endpoint,
+                  words: list[str], what: str) -> int:
+    """``profile show`` / ``profile append|remove|set NAMES...`` of one endpoint (shared with
+    ``container ... profile``)."""
+    verb, names = words[0], words[1:]
+    if verb == "show":
+        if names:
+            raise _usage_error("profile show takes no arguments")
+        current = workloads.profiles_of(endpoint)
+        table(["Name"], [(n,) for n in current])
+        return 0
+    if verb not in PROFILE_VERBS:
+        raise _usage_error(f"unknown profile verb {verb!r}: use append, remove, set or show")
+    if not names and verb != "set":
+        raise _usage_error(f"profile {verb} needs at least one profile name")
+    if verb != "remove":
+        for name in names:
+            profiles.get(name)  # ProfileNotFound: "profile X does not exist"
+    result = workloads.update_profiles(endpoint, profile_change(verb, names))
+    print(f"Profiles of {what}: {', '.join(result) or 'none (all traffic is dropped)'}")
+    return 0
+
+
+def _show(flags: list[str], ctx) -> int:
+    host, detailed = None, False
+    for flag in flags:
+        if flag == "--detailed":
+            detailed = True
+        elif flag.startswith("--host="):
+            host = flag.split("=", 1)[1]
+        else:
+            raise _usage_error(f"endpoint show takes --host=<HOST> and --detailed, not {flag!r}")
+    workloads = WorkloadStore(ctx.store)
+    endpoints = workloads.endpoints(host)
+    if not detailed:
+        counts = Counter(e.host for e in endpoints)
+        table(["Hostname", "Number of Endpoints"], sorted(counts.items()))
+        return 0
+    networks = workloads.networks()
+    rows = []
+    for e in endpoints:
+        owner = (f"container {e.container[:12]}" if e.container else
+                 f"network {(networks[e.network].name if e.network in networks else None) or e.network[:12]}")
+        rows.append((e.host, owner, e.id[:12], e.iface, ",".join(e.addresses) or "-", e.mac,
+                     ",".join(effective_profiles(e, networks)) or "-"))
+    table(["Hostname", "Owner", "Endpoint ID", "Interface", "Addresses", "MAC", "Profiles"], rows)
+    return 0
