@@ -21,6 +21,7 @@ from plugin.errors import PluginError
 
 from . import bgpcmd, checksystem, ipamcmd, node, pool, status
 from . import containercmd, endpointcmd, profilecmd
+from . import diags
 from .cli import CliError, OneLineParser, run
 
 __all__ = ["CliError", "build_parser", "main"]
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     profilecmd.register(sub)
     endpointcmd.register(sub)
     containercmd.register(sub)
+    diags.register(sub)
     return parser
 
 
