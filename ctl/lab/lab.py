@@ -455,7 +455,7 @@ class Lab:
         for line in out.stdout.splitlines():
             fields = line.split()
             if len(fields) >= 4:
-                addr = fields[3].rsplit(":", 1)[0].strip("[]")
+                addr = fields[3].rsplit(":", 1)[0].strip("[]").removeprefix("::ffff:")  # v4-mapped
                 if addr in by_addr:
                     counts[by_addr[addr]] += 1
         return counts
