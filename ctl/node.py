@@ -166,11 +166,27 @@ def _tunnel_address(store, name: str, pools) -> str:
     return allocator.assign(handle, pool=ipip[0].cidr, attrs={"purpose": "tunnel"}).address
 
 
+def _env(name: str, args, ctx, iface: str | None) -> dict[str, str]:
+    """The environment of the node's processes."""
+    env = dict(os.environ, WARREN_NODE_NAME=name, WARREN_PLUGIN_SOCKET=args.socket)
+    env[HOST_POLICY_ENV] = args.workload_to_host
+    if ctx.endpoints:
+        env["WARREN_ETCD_ENDPOINTS"] = ctx.endpoints
+    if iface:
+        env.setdefault("WARREN_UNDERLAY_IFACE", iface)
+    return env
+
+
 def node_start(args, ctx) -> int:
     name = args.name or ctx.host
     paths = _paths(name)
     if _running_pid(paths["pid"]):
-        raise NodeError(f"node {name} is already running (pid file {paths['pid']})")
+        if _running_pid(paths["agent_pid"], AGENT_MARK) or args.foreground:
+            raise NodeError(f"node {name} is already running (pid file {paths['pid']})")
+        # the plugin serves but the node agent died: start the agent alone (it resyncs)
+        pid = _start_agent(name, paths, _env(name, args, ctx, _underlay(args.ip)[1]), bgp=not args.no_bgp)
+        print(f"Node {name} is running; restarted its agent (pid {pid}), log {paths['logs']}/agent.log")
+        return 0
     ipv4, iface = _underlay(args.ip)
     mac = _setup_fabric(ctx.store, name, ipv4, iface)
     register(ctx.store, Node(name=name, ipv4=ipv4, ipv6=args.ip6, vtep_mac=mac))
@@ -194,12 +210,7 @@ def node_start(args, ctx) -> int:
         os.makedirs(d, mode=0o700, exist_ok=True)
     if os.path.exists(paths["pid"]):
         os.unlink(paths["pid"])  # stale (checked above); gunicorn would refuse it
-    env = dict(os.environ, WARREN_NODE_NAME=name, WARREN_PLUGIN_SOCKET=args.socket)
-    env[HOST_POLICY_ENV] = args.workload_to_host
-    if ctx.endpoints:
-        env["WARREN_ETCD_ENDPOINTS"] = ctx.endpoints
-    if iface:
-        env.setdefault("WARREN_UNDERLAY_IFACE", iface)
+    env = _env(name, args, ctx, iface)
     argv = server.gunicorn_argv(args.socket, paths["pid"], paths["log"])
     _stop(paths["agent_pid"], AGENT_MARK)  # an agent left from a killed node
     _start_agent(name, paths, env, bgp=not args.no_bgp)
