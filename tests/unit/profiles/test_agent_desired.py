@@ -1,0 +1,65 @@
+"""The agent's pure part: etcd records -> the chains and sets one host wants."""
+from __future__ import annotations
+
+from datastore import codec, keys
+from ipam.workloads import Endpoint, Network
+from profiles import Profile
+from profiles import names
+from profiles.agent import Snapshot, desired, local_endpoints, profiles_to_create
+
+NET = Network("n" * 64, ["10.0.0.0/24"], name="net1")
+
+
+def snapshot(*endpoints: Endpoint, profiles=("net1",), networks=(NET,)) -> Snapshot:
+    snap = Snapshot()
+    for e in endpoints:
+        snap.update(keys.ENDPOINTS, keys.endpoint(e.host, e.id), codec.dumps(e))
+    for n in networks:
+        snap.update(keys.NETWORKS, keys.network(n.id), codec.dumps(n))
+    for p in profiles:
+        snap.update(keys.PROFILES, keys.profile(p), codec.dumps(Profile.new(p)))
+    return snap
+
+
+def test_endpoints_use_their_networks_profile_unless_they_have_their_own():
+    snap = snapshot(Endpoint("a" * 64, NET.id, "h1", ["10.0.0.1"]),
+                    Endpoint("b" * 64, NET.id, "h1", ["10.0.0.2"], profiles=["other"]),
+                    Endpoint("c" * 64, "", "h1", ["10.0.0.3"], profiles=[]))
+    assert {e.id[0]: list(e.profiles) for e in local_endpoints(snap, "h1")} == {
+        "a": ["net1"], "b": ["other"], "c": []}
+
+
+def test_tag_members_come_from_every_host_but_chains_only_from_this_one():
+    snap = snapshot(Endpoint("a" * 64, NET.id, "h1", ["10.0.0.1"], ["fd00::1"]),
+                    Endpoint("b" * 64, NET.id, "h2", ["10.0.0.2"]),
+                    Endpoint("c" * 64, "", "h2", ["10.0.0.3"], profiles=[]))
+    chains, sets = desired(snap, "h1", 4)
+    assert sets == {names.tag_set("net1", 4): ["10.0.0.1", "10.0.0.2"]}
+    assert names.from_endpoint_chain("wrn" + "a" * 11) in chains
+    assert names.from_endpoint_chain("wrn" + "b" * 11) not in chains
+    assert desired(snap, "h1", 6)[1] == {names.tag_set("net1", 6): ["fd00::1"]}
+
+
+def test_an_unresolved_network_name_fails_closed():
+    unnamed = Network("u" * 64, ["10.0.1.0/24"])
+    snap = snapshot(Endpoint("a" * 64, unnamed.id, "h1", ["10.0.1.1"]), networks=(unnamed,))
+    chains, sets = desired(snap, "h1", 4)
+    fw = chains[names.from_endpoint_chain("wrn" + "a" * 11)]
+    assert fw[-1].endswith("-j DROP") and not any("WARREN-PO-" in line for line in fw)
+    assert sets == {}
+
+
+def test_a_bad_record_counts_as_absent():
+    snap = snapshot(Endpoint("a" * 64, NET.id, "h1", ["10.0.0.1"]))
+    snap.update(keys.PROFILES, keys.profile("net1"), b'{"name": "net1", "inbound_rules": [{"bogus": 1}]}')
+    assert "net1" not in snap.profiles
+    fw = desired(snap, "h1", 4)[0][names.from_endpoint_chain("wrn" + "a" * 11)]
+    assert any("profile net1 is missing" in line for line in fw)
+
+
+def test_networks_needing_a_profile():
+    named = Network("1" * 64, name="web")
+    optioned = Network("2" * 64, profile="shared", name="x")
+    done = Network("3" * 64, name="old", profile_created=True)
+    assert profiles_to_create([named, optioned, done, Network("4" * 64)]) == [named, optioned]
+    assert optioned.default_profile == "shared"
