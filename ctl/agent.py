@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run-dir", required=True)
     ap.add_argument("--log-dir", required=True)
     ap.add_argument("--no-bgp", action="store_true", help="no BGP speaker (single host)")
+    ap.add_argument("--lease", type=int, help="the liveness lease `node start` claimed: kept alive here")
+    ap.add_argument("--ip", help="this node's underlay IPv4 (its identity when the lease is claimed again)")
     args = ap.parse_args(argv)
     from bgp.natout import NatOutgoing  # here, so `warrenctl` need not import them
     from bgp.speaker import Speaker
@@ -50,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     threads = [threading.Thread(target=policy.run, args=(stop,), name="policy", daemon=True),
                threading.Thread(target=NatOutgoing().follow, args=(store, stop), name="nat-outgoing",
                                 daemon=True)]
+    if args.lease:
+        threads.append(threading.Thread(target=keep_node_alive, args=(store, args, stop),
+                                        name="liveness", daemon=True))
     for thread in threads:
         thread.start()
     log.info("node agent for %s started (bgp %s)", args.node, "off" if args.no_bgp else "on")
@@ -63,6 +68,26 @@ def main(argv: list[str] | None = None) -> int:
         thread.join(5)
     log.info("node agent for %s stopped", args.node)
     return 0
+
+
+def keep_node_alive(store, args, stop: threading.Event) -> None:
+    """Refresh this node's liveness lease until ``stop``; then revoke it (the node is down)."""
+    from datastore import DatastoreError
+    from ipam import IpamError
+    from ipam.nodes import LIVENESS_TTL, Node, keep_alive, release
+    node, lease = Node(name=args.node, ipv4=args.ip), args.lease
+    while not stop.wait(LIVENESS_TTL / 4):
+        try:
+            renewed = keep_alive(store, node, lease)
+            if renewed != lease:
+                log.warning("liveness lease had expired; claimed the node name again")
+            lease = renewed
+        except (DatastoreError, IpamError) as exc:
+            log.warning("liveness: %s; retrying", exc)
+    try:
+        release(store, args.node, lease)
+    except DatastoreError as exc:
+        log.warning("liveness: cannot revoke the lease (it expires by itself): %s", exc)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from pyroute2 import IPRoute
 
 from bgp import fabric
 from ipam import Allocator, InvalidRequest, PoolStore
-from ipam.nodes import Node, list_nodes, register
+from ipam.nodes import Node, alive, check_free, claim, list_nodes, register, release
 from plugin import forward, server
 from plugin.config import DEFAULT_SOCKET
 from plugin.dataplane import Dataplane
@@ -105,9 +105,11 @@ def _stop(pidfile: str, mark: bytes, timeout: float = 15.0) -> bool:
     return True
 
 
-def _start_agent(name: str, paths: dict[str, str], env: dict[str, str], bgp: bool) -> int:
-    argv = [sys.executable, "-m", "ctl.agent", "--node", name,
+def _start_agent(name: str, paths: dict[str, str], env: dict[str, str], bgp: bool, lease: int,
+                 ipv4: str | None) -> int:
+    argv = [sys.executable, "-m", "ctl.agent", "--node", name, "--lease", str(lease),
             "--run-dir", paths["run"], "--log-dir", paths["logs"]] + ([] if bgp else ["--no-bgp"])
+    argv += ["--ip", ipv4] if ipv4 else []
     with open(paths["agent_out"], "ab") as out:
         proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
@@ -180,14 +182,28 @@ def _env(name: str, args, ctx, iface: str | None) -> dict[str, str]:
 def node_start(args, ctx) -> int:
     name = args.name or ctx.host
     paths = _paths(name)
+    ipv4, iface = _underlay(args.ip)
+    check_free(ctx.store, Node(name=name, ipv4=ipv4))  # before anything: the name may be another's
     if _running_pid(paths["pid"]):
         if _running_pid(paths["agent_pid"], AGENT_MARK) or args.foreground:
             raise NodeError(f"node {name} is already running (pid file {paths['pid']})")
         # the plugin serves but the node agent died: start the agent alone (it resyncs)
-        pid = _start_agent(name, paths, _env(name, args, ctx, _underlay(args.ip)[1]), bgp=not args.no_bgp)
+        lease = claim(ctx.store, Node(name=name, ipv4=ipv4))
+        pid = _start_agent(name, paths, _env(name, args, ctx, iface), bgp=not args.no_bgp,
+                           lease=lease, ipv4=ipv4)
         print(f"Node {name} is running; restarted its agent (pid {pid}), log {paths['logs']}/agent.log")
         return 0
-    ipv4, iface = _underlay(args.ip)
+    lease = claim(ctx.store, Node(name=name, ipv4=ipv4))  # refuses a name another live node holds
+    try:
+        return _start(name, args, ctx, paths, ipv4, iface, lease)
+    except BaseException:
+        _stop(paths["agent_pid"], AGENT_MARK)  # it would keep the name alive
+        release(ctx.store, name, lease)
+        raise
+
+
+def _start(name: str, args, ctx, paths: dict[str, str], ipv4: str | None, iface: str | None,
+           lease: int) -> int:
     mac = _setup_fabric(ctx.store, name, ipv4, iface)
     register(ctx.store, Node(name=name, ipv4=ipv4, ipv6=args.ip6, vtep_mac=mac))
     try:
@@ -213,7 +229,7 @@ def node_start(args, ctx) -> int:
     env = _env(name, args, ctx, iface)
     argv = server.gunicorn_argv(args.socket, paths["pid"], paths["log"])
     _stop(paths["agent_pid"], AGENT_MARK)  # an agent left from a killed node
-    _start_agent(name, paths, env, bgp=not args.no_bgp)
+    _start_agent(name, paths, env, bgp=not args.no_bgp, lease=lease, ipv4=ipv4)
     if args.foreground:
         os.execve(argv[0], argv, env)
     with open(paths["log"], "ab") as log:
@@ -240,9 +256,12 @@ def node_stop(args, ctx) -> int:
 
 def node_show(args, ctx) -> int:
     nodes = list_nodes(ctx.store)
+    up = alive(ctx.store)
     if args.json:
-        as_json([{"name": n.name, "ipv4": n.ipv4, "ipv6": n.ipv6, "as": n.as_number} for n in nodes])
+        as_json([{"name": n.name, "ipv4": n.ipv4, "ipv6": n.ipv6, "as": n.as_number, "alive": n.name in up}
+                 for n in nodes])
         return 0
-    table(["Name", "IPv4", "IPv6", "AS"],
-          [(n.name, n.ipv4 or "-", n.ipv6 or "-", n.as_number or "-") for n in nodes])
+    table(["Name", "IPv4", "IPv6", "AS", "State"],
+          [(n.name, n.ipv4 or "-", n.ipv6 or "-", n.as_number or "-", "up" if n.name in up else "down")
+           for n in nodes])
     return 0

@@ -236,6 +236,28 @@ class Datastore:
             return etx.Get(o.prefix, _range_end(o.prefix))
         raise TypeError(f"unknown operation {o!r}")
 
+    # -- leases --------------------------------------------------------------
+
+    def grant_lease(self, ttl: int) -> int:
+        """A new lease of ``ttl`` seconds; keys put with it vanish when it expires."""
+        return self._call(lambda c: c.lease(ttl).id)
+
+    def keep_alive(self, lease_id: int) -> int:
+        """Refresh a lease; returns its remaining TTL in seconds (0: it has expired)."""
+        def do(c):
+            for response in c.refresh_lease(lease_id):
+                return int(response.TTL)
+            return 0
+        return self._call(do)
+
+    def revoke_lease(self, lease_id: int) -> None:
+        """End a lease now, deleting its keys (an unknown lease is not an error)."""
+        try:
+            self._call(lambda c: c.revoke_lease(lease_id))
+        except DatastoreError as exc:
+            if "not found" not in str(exc):
+                raise
+
     # -- watches -------------------------------------------------------------
 
     def watch_prefix(self, prefix: str, start_revision: int | None = None) -> "Watch":

@@ -19,6 +19,7 @@ Layout::
     /warren/v1/bgp/peers/<ip>                  bgp.settings.PeerRecord: a global peer (e.g. route reflector)
     /warren/v1/bgp/nodes/<node>/peers/<ip>     bgp.settings.PeerRecord: a peer of one node only
     /warren/v1/status/<node>/bgp               bgp.settings.SessionStatus list, written by the node
+    /warren/v1/status/<node>/alive             ipam.nodes.Liveness, on a lease the running node keeps alive
     /warren/v1/profiles/<name>                 profiles.model.Profile (tags, inbound and outbound rules)
 
 Later layers add networks, endpoints, nodes, BGP settings and profiles here,
@@ -153,6 +154,10 @@ def node_bgp_peer(node: str, address: str) -> str:
 
 def bgp_status(node: str) -> str:
     return STATUS + segment(node, "node name") + "/bgp"
+
+
+def node_alive(node: str) -> str:
+    return STATUS + segment(node, "node name") + "/alive"
 
 
 def profile(name: str) -> str:

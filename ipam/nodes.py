@@ -2,10 +2,20 @@
 
 Shared by the plugin, the BGP fabric and the CLI, so it lives in the common
 domain layer. A node's name is its IPAM host name (block affinity).
+
+Two records per node: the registry entry (``nodes/<name>``: addresses, AS,
+VTEP; it stays while the node is stopped, so its blocks and peers keep a
+name) and a liveness key (``status/<name>/alive``) on an etcd lease that
+the running node keeps alive (:func:`claim`, refreshed by the node agent).
+A dead node's key vanishes with its lease, without any heartbeat loop of
+ours reading it. ``node start`` claims the name first: a name held by a
+live node at another underlay address is refused; the same host (same
+address) restarting after a crash takes its name back.
 """
 from __future__ import annotations
 
 import ipaddress
+import time
 from dataclasses import dataclass
 
 from datastore import Datastore, ModRevisionIs, Put, codec, keys
@@ -15,6 +25,17 @@ from .errors import InvalidRequest, IpamError
 
 class NodeConflict(IpamError):
     pass
+
+
+LIVENESS_TTL = 20  # seconds a node stays "up" after its last keep-alive
+
+
+@dataclass
+class Liveness:
+    name: str
+    ipv4: str | None
+    since: float       # time.time() of the claim
+    lease: int
 
 
 @dataclass
@@ -68,3 +89,62 @@ def register(store: Datastore, node: Node) -> Node:
                      [Put(keys.node(node.name), codec.dumps(node))]).succeeded:
             return node
     raise NodeConflict(f"node {node.name} is being registered concurrently; try again")
+
+
+def claim(store: Datastore, node: Node, ttl: int = LIVENESS_TTL) -> int:
+    """Mark ``node`` alive on a new lease (returned: keep it alive, revoke it on stop).
+
+    Refuses a name that a live node at another address holds.
+    """
+    key = keys.node_alive(node.name)
+    for _ in range(10):
+        kv = store.get(key)
+        previous = _check_free(kv, node)
+        lease = store.grant_lease(ttl)
+        record = Liveness(node.name, node.ipv4, time.time(), lease)
+        if store.txn([ModRevisionIs(key, kv.mod_revision if kv else 0)],
+                     [Put(key, codec.dumps(record), lease=lease)]).succeeded:
+            if previous is not None and previous.lease != lease:
+                store.revoke_lease(previous.lease)  # our own earlier run's: no key is left on it
+            return lease
+        store.revoke_lease(lease)
+    raise NodeConflict(f"node {node.name} is being started concurrently; try again")
+
+
+def _check_free(kv, node: Node) -> Liveness | None:
+    previous = codec.loads(Liveness, kv.value) if kv else None
+    if previous is not None and previous.ipv4 != node.ipv4:
+        raise NodeConflict(f"node name {node.name} is in use by a running node at "
+                           f"{previous.ipv4 or 'an unknown address'}; choose another --name "
+                           "or stop that node first")
+    return previous
+
+
+def check_free(store: Datastore, node: Node) -> None:
+    """Raise NodeConflict if a live node at another address holds ``node``'s name."""
+    _check_free(store.get(keys.node_alive(node.name)), node)
+
+
+def keep_alive(store: Datastore, node: Node, lease: int, ttl: int = LIVENESS_TTL) -> int:
+    """Refresh the lease; if it expired meanwhile (a long etcd outage), claim again.
+
+    Returns the lease now in use.
+    """
+    if store.keep_alive(lease) > 0:
+        return lease
+    return claim(store, node, ttl)
+
+
+def release(store: Datastore, name: str, lease: int) -> None:
+    """The node stops: its liveness key goes with its lease."""
+    store.revoke_lease(lease)
+
+
+def alive(store: Datastore) -> dict[str, Liveness]:
+    """Live nodes by name."""
+    found = {}
+    for kv in store.get_prefix(keys.STATUS):
+        if kv.key.endswith("/alive"):
+            record = codec.loads(Liveness, kv.value)
+            found[record.name] = record
+    return found

@@ -8,6 +8,7 @@ at once), a host that vanishes (routes gone within the hold time).
 from __future__ import annotations
 
 import itertools
+import json
 import subprocess
 import time
 
@@ -133,6 +134,21 @@ def test_node_stop_withdraws_at_once(lab):
     assert wait_for(lambda: not bgp_routes(lab, "host1", via=host3), 5) < 1.0
     node_start(lab, "host3")
     wait_for(lambda: bgp_routes(lab, "host1", via=host3), 30)
+
+
+def test_a_node_name_in_use_is_refused(lab):
+    taken = ctl(lab, "host2", "node", "start", "--name", "host1", "--ip", underlay(lab, "host2"), check=False)
+    assert taken.returncode == 1, taken.stdout
+    assert f"node name host1 is in use by a running node at {underlay(lab, 'host1')}" in taken.stderr
+    shown = {n["name"]: n for n in json.loads(ctl(lab, "host1", "node", "show", "--json").stdout)}
+    assert shown["host1"]["alive"] and shown["host1"]["ipv4"] == underlay(lab, "host1")
+    ctl(lab, "host3", "node", "stop", "--name", "host3")
+    try:
+        shown = {n["name"]: n for n in json.loads(ctl(lab, "host1", "node", "show", "--json").stdout)}
+        assert not shown["host3"]["alive"]  # a stopped node is down at once
+    finally:
+        node_start(lab, "host3")
+    sessions_up(lab)
 
 
 def test_vanished_host_routes_go_within_the_hold_time(lab):
