@@ -44,11 +44,19 @@ def main(argv: list[str] | None = None) -> int:
     from profiles.agent import PolicyAgent
     logging.basicConfig(filename=os.path.join(args.log_dir, "agent.log"), level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s")
+    from . import metrics
     store = Datastore(EtcdConfig.from_env())
+    store.on_error = lambda kind: metrics.ETCD_ERRORS.labels("agent", kind).inc()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    policy = PolicyAgent(store, args.node, host_policy=os.environ.get(HOST_POLICY_ENV, "drop"))
+    policy = PolicyAgent(store, args.node, host_policy=os.environ.get(HOST_POLICY_ENV, "drop"),
+                         observe=metrics.observe_policy)
+    try:
+        metrics.serve(store, args.node, os.environ.get(metrics.ADDR_ENV, metrics.DEFAULT_ADDR),
+                      os.environ.get(metrics.MULTIPROC_ENV))
+    except (OSError, ValueError) as exc:  # the node works without its metrics
+        log.error("metrics exporter not started: %s", exc)
     threads = [threading.Thread(target=policy.run, args=(stop,), name="policy", daemon=True),
                threading.Thread(target=NatOutgoing().follow, args=(store, stop), name="nat-outgoing",
                                 daemon=True)]

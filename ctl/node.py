@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,6 +32,8 @@ from plugin.ports import PortPublisher
 from plugin.reconcile import reconcile
 
 from .agent import HOST_POLICY_ENV
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # ctl.metrics: every node process writes its samples there
 from .bgpcmd import add_peer_commands
 from .output import as_json, table
 from .status import node_status
@@ -172,6 +175,7 @@ def _env(name: str, args, ctx, iface: str | None) -> dict[str, str]:
     """The environment of the node's processes."""
     env = dict(os.environ, WARREN_NODE_NAME=name, WARREN_PLUGIN_SOCKET=args.socket)
     env[HOST_POLICY_ENV] = args.workload_to_host
+    env[MULTIPROC_ENV] = os.path.join(RUN_DIR, name, "metrics")
     if ctx.endpoints:
         env["WARREN_ETCD_ENDPOINTS"] = ctx.endpoints
     if iface:
@@ -229,6 +233,8 @@ def _start(name: str, args, ctx, paths: dict[str, str], ipv4: str | None, iface:
     env = _env(name, args, ctx, iface)
     argv = server.gunicorn_argv(args.socket, paths["pid"], paths["log"])
     _stop(paths["agent_pid"], AGENT_MARK)  # an agent left from a killed node
+    shutil.rmtree(env[MULTIPROC_ENV], ignore_errors=True)  # counters start again with the node
+    os.makedirs(env[MULTIPROC_ENV], mode=0o700)
     _start_agent(name, paths, env, bgp=not args.no_bgp, lease=lease, ipv4=ipv4)
     if args.foreground:
         os.execve(argv[0], argv, env)

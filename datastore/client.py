@@ -77,6 +77,7 @@ class Datastore:
         self._client: etcd3.Etcd3Client | None = None
         self._pid: int | None = None
         self._index = 0
+        self.on_error: Callable[[str], None] | None = None  # "unavailable" | "refused" (metrics)
 
     # -- connection --------------------------------------------------------
 
@@ -117,15 +118,25 @@ class Datastore:
                 return fn(client)
             except (*_UNAVAILABLE, grpc.RpcError) as exc:
                 if isinstance(exc, grpc.RpcError) and exc.code() not in _UNAVAILABLE_CODES:
+                    self._count("refused")
                     raise DatastoreError(f"etcd refused the request: {_reason(exc)}") from None
+                self._count("unavailable")
                 reasons.append(f"{url}: {_reason(exc)}")
                 log.warning("etcd member %s failed: %s", url, _reason(exc))
                 self._fail_over(client)
             except etcd3.exceptions.Etcd3Exception as exc:
+                self._count("refused")
                 raise DatastoreError(f"etcd refused the request: {_reason(exc)}") from None
             except ValueError as exc:  # e.g. unreadable TLS material
                 raise DatastoreError(f"cannot talk to etcd: {exc}") from None
         raise DatastoreUnavailable(urls, reasons)
+
+    def _count(self, kind: str) -> None:
+        if self.on_error is not None:
+            try:
+                self.on_error(kind)
+            except Exception:  # pragma: no cover - metrics must never break a call
+                log.debug("on_error hook failed", exc_info=True)
 
     def close(self) -> None:
         with self._lock:

@@ -12,6 +12,7 @@ as "not implemented".
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Callable
 
 from flask import Flask, jsonify, request
@@ -21,6 +22,7 @@ from datastore import DatastoreError
 from ipam import IpamError
 
 from .dataplane import DataplaneError
+from . import metrics
 from .errors import PluginError
 from .ipamdriver import ADDRESS_SPACES, IpamDriver
 from .networks import NetworkDriver
@@ -216,6 +218,13 @@ def create_app(network: NetworkDriver, ipam: IpamDriver, scope: str = "local",
         handler = routes.get(name)
         if handler is None:
             return _error(f"{name} is not implemented", 404)
+        started = time.perf_counter()
+        response = _answer(name, handler)
+        metrics.LATENCY.labels(name).observe(time.perf_counter() - started)
+        metrics.REQUESTS.labels(name, str(response.status_code)).inc()
+        return response
+
+    def _answer(name: str, handler: Callable[[dict], Any]):
         try:
             answer = handler(_body())
         except USER_ERRORS as exc:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from ipam import Allocator, InvalidPool, PoolStore, make_pool
 from ipam.pools import Pool, parse_cidr
 
+from . import metrics
 from .errors import PluginError
 
 PURPOSE = "docker"  # attribute of every address Docker asked for (see ipam check)
@@ -97,6 +98,15 @@ class IpamDriver:
         if options.get(ADDRESS_TYPE) == GATEWAY_TYPE:
             raise PluginError("--gateway is not supported: Warren routes every container "
                               "through its host (gateway 169.254.1.1)")
+        try:
+            answer = self._request_address(pool_id, address)
+        except Exception:
+            metrics.IPAM.labels("assign", "failed").inc()
+            raise
+        metrics.IPAM.labels("assign", "ok").inc()
+        return answer
+
+    def _request_address(self, pool_id: str, address: str) -> dict:
         net = parse_cidr(pool_id)
         handle = f"docker-{uuid.uuid4().hex}"
         attrs = {"purpose": PURPOSE, "pool": pool_id, "since": str(int(time.time()))}
@@ -111,5 +121,10 @@ class IpamDriver:
         return {"Address": f"{got.address}/{length}", "Data": {}}
 
     def release_address(self, pool_id: str, address: str) -> dict:
-        self.allocator.release(address)
+        try:
+            self.allocator.release(address)
+        except Exception:
+            metrics.IPAM.labels("release", "failed").inc()
+            raise
+        metrics.IPAM.labels("release", "ok").inc()
         return {}

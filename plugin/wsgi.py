@@ -16,6 +16,7 @@ from .app import create_app
 from .config import PluginConfig
 from .dataplane import Dataplane
 from .ipamdriver import IpamDriver
+from .metrics import ETCD_ERRORS
 from .names import NameResolver
 from .networks import NetworkDriver
 from .ports import PortPublisher
@@ -50,4 +51,5 @@ def create() -> Flask:
     dataplane = Dataplane()
     dataplane.ensure_forwarding()
     store = Datastore(EtcdConfig.from_env())
+    store.on_error = lambda kind: ETCD_ERRORS.labels("plugin", kind).inc()
     return build(config, store, dataplane, PortPublisher(), NameResolver(store))

@@ -35,7 +35,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import Iterable
+from typing import Callable, Iterable
 
 from datastore import Datastore, DatastoreError, ModRevisionIs, Put, codec, keys
 from ipam.workloads import Endpoint, Network, effective_profiles
@@ -106,7 +106,8 @@ class Stats:
 
 class PolicyAgent:
     def __init__(self, store: Datastore, node: str, kernel: Kernel | None = None,
-                 host_policy: str = "drop", refresh: float = 300.0):
+                 host_policy: str = "drop", refresh: float = 300.0,
+                 observe: Callable[[bool, float, bool], None] | None = None):
         if host_policy not in generator.HOST_POLICIES:
             raise ValueError(f"invalid workload-to-host policy {host_policy!r}: use drop or accept")
         self.store = store
@@ -114,6 +115,7 @@ class PolicyAgent:
         self.kernel = kernel or Kernel()
         self.host_policy = host_policy
         self.refresh = refresh
+        self.observe = observe or (lambda full, seconds, ok: None)  # (full, seconds, ok): metrics
         self.snapshot = Snapshot()
         self.stats = Stats()
         self._chains: dict[int, dict[str, list[str]] | None] = {}  # what we last wrote
@@ -167,9 +169,11 @@ class PolicyAgent:
             self.stats.failures += 1
             self._chains.clear()  # unknown state: the next attempt writes everything
             self._sets.clear()
+            self.observe(full, time.monotonic() - started, False)
             raise
         self.stats.applies += 1
         self.stats.last_apply_seconds = time.monotonic() - started
+        self.observe(full, self.stats.last_apply_seconds, True)
 
     def _apply_version(self, version: int, full: bool) -> None:
         chains, sets = desired(self.snapshot, self.node, version, self.host_policy)

@@ -232,3 +232,33 @@ def test_agent_kill_9_keeps_isolation_and_resyncs(lab):
     assert "agent" in started.stdout
     eventually(lambda: "port80" in fetch(lab, "host1", "a1", b2, 80), what="resynced after restart")
     assert pings(lab, "host1", "a1", a2) and not pings(lab, "host1", "a1", b2)
+
+
+# -- metrics (the node agent's exporter) -------------------------------------------------------
+
+def scrape(lab, host: str) -> dict[str, float]:
+    code = ("import urllib.request; "
+            "print(urllib.request.urlopen('http://127.0.0.1:9091/metrics', timeout=5).read().decode())")
+    text = lab.exec(host, ["python3", "-c", code], timeout=30).stdout
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+def test_metrics_move_with_docker_run(lab):
+    before = scrape(lab, "host1")
+    joins = 'warren_plugin_requests_total{code="200",endpoint="NetworkDriver.Join"}'
+    assigned = 'warren_ipam_operations_total{operation="assign",result="ok"}'
+    net(lab, "neta", "10.20.20.0/24")
+    run(lab, "host1", "m1", "neta")
+    after = scrape(lab, "host1")
+    assert after[joins] == before.get(joins, 0) + 1
+    assert after[assigned] == before.get(assigned, 0) + 1
+    assert after['warren_plugin_request_seconds_count{endpoint="NetworkDriver.Join"}'] >= 1
+    eventually(lambda: scrape(lab, "host1").get('warren_bgp_sessions{state="up"}') == 1,
+               what="one BGP session up")
+    applied = 'warren_policy_apply_seconds_count{kind="incremental"}'
+    assert after.get(applied, 0) > before.get(applied, 0)       # the new endpoint was applied
