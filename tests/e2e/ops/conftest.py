@@ -1,0 +1,33 @@
+"""One lab for the operations tests: two Warren nodes on a 3-member etcd cluster with TLS.
+
+Package-scoped so the failover, TLS and diags modules share it (a lab with
+nodes costs tens of seconds on two busy cores). Tests that fail a member bring
+it back in ``finally``; each module removes only the containers and networks it
+made.
+"""
+from __future__ import annotations
+
+import secrets
+
+import pytest
+
+from ctl.lab import Lab
+from tests.e2e.helpers import dk
+
+
+@pytest.fixture(scope="package")
+def ops_lab():
+    lab = Lab("o" + secrets.token_hex(3))
+    try:
+        lab.up(2, node=True, etcd_members=3, etcd_tls=True)
+        yield lab
+    finally:
+        lab.down()
+
+
+def remove(lab: Lab, host: str, containers: list[str] = (), networks: list[str] = ()) -> None:
+    """Remove the named containers and networks on ``host`` (best effort: test clean-up)."""
+    if containers:
+        dk(lab, host, "rm", "-f", *containers, check=False)
+    if networks:
+        dk(lab, host, "network", "rm", *networks, check=False)
