@@ -587,6 +587,16 @@ class Lab:
                                f"(see {h.path('dockerd.log')})")
             time.sleep(0.05)
 
+    def restart_node(self, host: str | int | HostLayout) -> None:
+        """``warrenctl node stop`` then ``node start`` on ``host``: fresh node processes
+        (e.g. connected to the first etcd endpoint again)."""
+        h = host if isinstance(host, HostLayout) else self.host(host)
+        res = self.exec(h, [self.warrenctl, "node", "stop", "--name", h.name], timeout=60,
+                        stdin=subprocess.DEVNULL)
+        if res.returncode != 0:
+            raise LabError(f"{h.name}: warrenctl node stop failed: {res.stderr.strip()}")
+        self._start_node(h)
+
     def _start_node(self, h: HostLayout) -> None:
         argv = [self.warrenctl, "node", "start", "--name", h.name, "--ip", h.ipv4, "--ip6", h.ipv6]
         logpath = h.path("node-start.log")
