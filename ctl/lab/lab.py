@@ -333,7 +333,7 @@ class Lab:
         self._check_tools(node, etcd_tls)
         t0 = time.monotonic()
         try:
-            st = state.create(self.name, self.root)
+            state.create(self.name, self.root)
         except (state.StateError, OSError) as exc:
             raise LabError(str(exc)) from None
 
