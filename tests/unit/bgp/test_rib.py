@@ -81,3 +81,40 @@ def test_fib_mixes_v4_and_v6_peers_and_lowest_peer_wins():
 
 def test_diff():
     assert rib.diff({"a": "1", "b": "1"}, {"a": "2", "c": "1"}) == ({"a": "2", "c": "1"}, ["b"])
+
+
+def test_batched_announce_commands_group_by_family_and_chunk():
+    v4 = [f"10.20.0.{i}/32" for i in range(1, 6)]
+    commands, skipped = rib.announce_commands(set(v4) | {"fd00::/122"}, "2001:db8::1", chunk=2)
+    assert commands == ["announce attributes next-hop self nlri 10.20.0.1/32 10.20.0.2/32",
+                        "announce attributes next-hop self nlri 10.20.0.3/32 10.20.0.4/32",
+                        "announce attributes next-hop self nlri 10.20.0.5/32",
+                        "announce attributes next-hop 2001:db8::1 nlri fd00::/122"]
+    assert skipped == []
+
+
+def test_batched_commands_sort_numerically_and_scope_to_a_peer():
+    commands, _ = rib.announce_commands({"10.20.0.10/32", "10.20.0.9/32", "10.20.0.0/26"}, None,
+                                        peer="198.19.0.12")
+    assert commands == ["neighbor 198.19.0.12 announce attributes next-hop self nlri "
+                        "10.20.0.0/26 10.20.0.9/32 10.20.0.10/32"]
+
+
+def test_ipv6_without_a_next_hop_is_reported_not_announced():
+    commands, skipped = rib.announce_commands({"10.20.0.0/26", "fd00::/122"}, None)
+    assert commands == ["announce attributes next-hop self nlri 10.20.0.0/26"]
+    assert skipped == ["fd00::/122"]
+
+
+def test_batched_withdraw_commands_need_no_next_hop():
+    assert rib.withdraw_commands({"10.20.0.0/26", "fd00::/122", "10.20.0.64/26"}, chunk=50) == [
+        "withdraw attributes nlri 10.20.0.0/26 10.20.0.64/26", "withdraw attributes nlri fd00::/122"]
+    assert rib.withdraw_commands(set()) == []
+
+
+def test_default_chunk_keeps_a_thousand_prefixes_to_twenty_short_commands():
+    prefixes = {f"10.20.{i // 250}.{i % 250}/32" for i in range(1000)}
+    commands, _ = rib.announce_commands(prefixes, None)
+    assert len(commands) == 20 and all(len(c) < 1500 for c in commands)
+    listed = [p for c in commands for p in c.split(" nlri ")[1].split()]
+    assert sorted(listed) == sorted(prefixes) and len(listed) == 1000  # each prefix once
