@@ -12,7 +12,11 @@ handled here:
 * no commas in the ``run`` line (the tokenizer splits them);
 * the hold time defaults to 180 s: Warren uses 30 s;
 * ``manual-eor``: End-of-RIB is sent by the API process once it has
-  re-announced everything, so a restart does not make peers sweep our routes.
+  re-announced everything, so a restart does not make peers sweep our routes;
+* ExaBGP logs one INFO line per prefix an API command adds or removes (source
+  ``processes``): ~1000 lines and a noticeable part of a 1000-route burst. That
+  source is off; the API process logs what it announces and every refused
+  command itself.
 """
 from __future__ import annotations
 
@@ -118,4 +122,5 @@ def environment(config: SpeakerConfig, log_path: str, run_dir: str) -> dict[str,
         "exabgp_api_pipename": f"warren-{config.node}",
         "exabgp_log_destination": log_path,
         "exabgp_log_level": "INFO",
+        "exabgp_log_processes": "false",
     }
