@@ -1,4 +1,7 @@
-"""Running the plugin server: gunicorn on the unix socket, and a readiness probe."""
+"""Running the plugin server: its command line, and a readiness probe.
+
+The server itself is :mod:`plugin.wsgi` (one process, no gunicorn master).
+"""
 from __future__ import annotations
 
 import http.client
@@ -31,16 +34,17 @@ def call(socket_path: str, name: str, body: dict | None = None, timeout: float =
         conn.close()
 
 
+def server_argv(socket_path: str, pidfile: str, logfile: str) -> list[str]:
+    """The plugin server's command line (its process writes ``pidfile``; its command
+    line contains ``plugin.wsgi``, which ``warrenctl node`` checks before signalling it)."""
+    return [sys.executable, "-m", "plugin.wsgi", "--socket", socket_path, "--pid", pidfile,
+            "--log", logfile]
+
+
 def gunicorn_argv(socket_path: str, pidfile: str, logfile: str, threads: int = 8) -> list[str]:
-    # One worker process (its IPAM cache and etcd channel are shared by its threads);
-    # umask 077 makes the socket root-only.
-    return [sys.executable, "-m", "gunicorn", "--bind", f"unix:{socket_path}",
-            "--workers", "1", "--threads", str(threads), "--umask", "0o077",
-            "--timeout", "60", "--graceful-timeout", "5", "--pid", pidfile,
-            "--error-logfile", logfile, "--log-level", "info",
-            # gunicorn 27 opens a control socket at one per-user path, which would
-            # collide between nodes sharing a filesystem (lab hosts); we never use it.
-            "--no-control-socket", "plugin.wsgi:create()"]
+    """Former name of :func:`server_argv`, kept while callers move over (no gunicorn runs:
+    ``threads`` is ignored, the server starts a thread per connection)."""
+    return server_argv(socket_path, pidfile, logfile)
 
 
 def wait_ready(socket_path: str, alive, timeout: float = 20.0) -> None:

@@ -1,11 +1,35 @@
-"""Build the plugin app from the environment: ``gunicorn 'plugin.wsgi:create()'``.
+"""The plugin server: the Flask app on the plugin's unix socket, in one process.
 
-The etcd connection is made lazily on the first request, i.e. after
-gunicorn forked the worker (gRPC channels do not survive fork).
+``python -m plugin.wsgi --socket PATH --pid FILE [--log FILE]`` (the argv comes
+from :func:`plugin.server.server_argv`; ``warrenctl node start`` runs it).
+
+Why not gunicorn: its master process costs ~23 MiB resident and its import
+~11 MiB more in the worker, about a sixth of a node's memory, for features a
+plugin socket does not need - dockerd is the only client, one host's
+requests are few and short, and the dataplane never depends on the plugin
+being alive. So one process serves, with werkzeug's threaded server (already
+loaded by Flask): a thread per connection, HTTP/1.0 - one request per
+connection, so no idle keep-alive connection can race with dockerd reusing
+it - and a socket timeout so a silent client cannot hold a thread for long.
+The socket is created with umask 077 (root only). SIGTERM stops accepting,
+lets the requests in flight finish, removes the socket and the pid file.
+Given up with gunicorn's master: a new worker after a crash (an exception in
+a request is answered with an error by Flask and does not end the process)
+and a heartbeat timeout (a gthread worker's heartbeat did not cover a hung
+request either).
+
+``create()`` stays gunicorn-compatible (``gunicorn 'plugin.wsgi:create()'``):
+the etcd connection is made lazily on the first request, i.e. after a fork
+(gRPC channels do not survive fork).
 """
 from __future__ import annotations
 
+import argparse
 import logging
+import os
+import signal
+import sys
+import threading
 
 from flask import Flask
 
@@ -22,6 +46,9 @@ from .networks import NetworkDriver
 from .ports import PortPublisher
 
 log = logging.getLogger(__name__)
+
+CLIENT_TIMEOUT = 10.0  # s of silence from a client before its connection is dropped
+LOG_FORMAT = "%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"
 
 
 def build(config: PluginConfig, store: Datastore, dataplane: Dataplane,
@@ -45,11 +72,92 @@ def build(config: PluginConfig, store: Datastore, dataplane: Dataplane,
 
 
 def create() -> Flask:
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     config = PluginConfig.from_env()
     dataplane = Dataplane()
     dataplane.ensure_forwarding()
     store = Datastore(EtcdConfig.from_env())
     store.on_error = lambda kind: ETCD_ERRORS.labels("plugin", kind).inc()
     return build(config, store, dataplane, PortPublisher(), NameResolver(store))
+
+
+def make_server(socket_path: str, app):
+    """A threaded WSGI server bound to ``socket_path`` (replaced if it exists), mode 0700."""
+    from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
+
+    class Handler(WSGIRequestHandler):
+        protocol_version = "HTTP/1.0"  # set here, so werkzeug does not switch to keep-alive
+        timeout = CLIENT_TIMEOUT
+
+        def log_request(self, code="-", size="-") -> None:
+            log.debug("%s %s", self.requestline, code)
+
+    class Server(ThreadedWSGIServer):
+        daemon_threads = False  # server_close() waits for the requests in flight
+        block_on_close = True
+
+    old = os.umask(0o077)
+    try:
+        return Server(f"unix://{socket_path}", 0, app, handler=Handler)
+    finally:
+        os.umask(old)
+
+
+def _write_pid(pidfile: str) -> None:
+    tmp = f"{pidfile}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(f"{os.getpid()}\n")
+    os.replace(tmp, pidfile)
+
+
+def _remove_own(pidfile: str, socket_path: str) -> None:
+    try:
+        if open(pidfile).read().strip() == str(os.getpid()):
+            os.unlink(pidfile)
+    except OSError:
+        pass
+    try:
+        os.unlink(socket_path)
+    except OSError:
+        pass
+
+
+def serve(socket_path: str, pidfile: str, app=None) -> int:
+    """Serve the plugin on ``socket_path`` until SIGTERM/SIGINT."""
+    app = app if app is not None else create()
+    server = make_server(socket_path, app)
+    _write_pid(pidfile)
+
+    def stop(signum, _frame) -> None:
+        log.info("signal %d: stopping the plugin server", signum)
+        threading.Thread(target=server.shutdown, name="shutdown", daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("plugin server pid %d serving on %s", os.getpid(), socket_path)
+    try:
+        server.serve_forever(poll_interval=0.5)  # werkzeug closes the server when it returns
+    finally:
+        _remove_own(pidfile, socket_path)
+    log.info("plugin server stopped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="warren-plugin", description="Warren's Docker plugin server")
+    ap.add_argument("--socket", required=True, help="the unix socket to serve on")
+    ap.add_argument("--pid", required=True, help="pid file, removed on exit")
+    ap.add_argument("--log", help="log file (default: stderr)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(filename=args.log, level=logging.INFO, format=LOG_FORMAT)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
+    try:
+        return serve(args.socket, args.pid)
+    except OSError as exc:
+        log.error("plugin server: %s", exc)
+        print(f"plugin server: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
