@@ -34,3 +34,9 @@ def test_invalid_configs_are_refused_before_exabgp_sees_them(bad):
 def test_environment_runs_as_root_and_listens():
     env = environment(config(), "/log/exabgp.log", "/run")
     assert env["exabgp_tcp_bind"] == "198.19.0.11" and env["exabgp_daemon_user"] == "root"
+
+
+def test_environment_turns_off_exabgps_line_per_route():
+    env = environment(config(), "/log/exabgp.log", "/run")
+    assert env["exabgp_log_processes"] == "false"      # ~1000 log lines per 1000-route burst otherwise
+    assert env["exabgp_api_ack"] == "true"             # the API process paces its commands by the acks
