@@ -3,7 +3,7 @@
 ``start`` registers the node in etcd, makes sure routed workload traffic may
 be forwarded, reconciles this host's veths and routes with etcd, starts the
 node agent (:mod:`ctl.agent`: policy, nat-outgoing and the BGP speaker), then
-runs the plugin server (gunicorn on the plugin socket) - in the background
+runs the plugin server (plugin.wsgi on the plugin socket) - in the background
 with a pid file and a log under a per-node directory, or in the foreground
 with ``--foreground`` (for containers and systemd). It returns once the
 socket answers ``Plugin.Activate``.
@@ -229,9 +229,9 @@ def _start(name: str, args, ctx, paths: dict[str, str], ipv4: str | None, iface:
     for d in (paths["run"], paths["logs"]):
         os.makedirs(d, mode=0o700, exist_ok=True)
     if os.path.exists(paths["pid"]):
-        os.unlink(paths["pid"])  # stale (checked above); gunicorn would refuse it
+        os.unlink(paths["pid"])  # stale (checked above)
     env = _env(name, args, ctx, iface)
-    argv = server.gunicorn_argv(args.socket, paths["pid"], paths["log"])
+    argv = server.server_argv(args.socket, paths["pid"], paths["log"])
     _stop(paths["agent_pid"], AGENT_MARK)  # an agent left from a killed node
     shutil.rmtree(env[MULTIPROC_ENV], ignore_errors=True)  # counters start again with the node
     os.makedirs(env[MULTIPROC_ENV], mode=0o700)
