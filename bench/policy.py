@@ -48,7 +48,7 @@ are stopped, by PID (the lab's agents by the PID in their pid file, after
 checking it is ``ctl.agent``).
 
     python -m bench.policy [--parts resync,latency,dataplane] [--endpoints 1000] [--profiles 100]
-                           [--runs 3] [--changes 40] [--rounds 4] [--duration 3]
+                           [--runs 3] [--changes 40] [--rounds 6] [--duration 3] [--slices 10]
 """
 from __future__ import annotations
 
@@ -307,15 +307,29 @@ def helper_resync(args: list[str]) -> int:
 
 
 def helper_floor(args: list[str]) -> int:
-    """``_floor TEXT_DIR``: in this (empty) netns, replay the agent's restore texts bare:
-    once into the empty kernel and once more (the restart case)."""
+    """``_floor TEXT_DIR [parallel]``: in this (empty) netns, replay the agent's restore texts bare:
+    once into the empty kernel and once more (the restart case). With ``parallel`` (context for
+    a proposal): only the empty case, the sets first, then IPv4 and IPv6 restored concurrently."""
     out = {}
-    for case in ("empty", "restart"):
+    for case in ("empty",) if args[1:] == ["parallel"] else ("empty", "restart"):
         with open(os.path.join(args[0], f"{case}.json")) as f:
             texts = json.load(f)
         started = time.perf_counter()
-        for argv, text in texts:
-            subprocess.run(argv, input=text, text=True, capture_output=True, check=True)
+        if args[1:] == ["parallel"]:
+            for argv, text in texts:
+                if argv[0] == "ipset":
+                    subprocess.run(argv, input=text, text=True, capture_output=True, check=True)
+            procs = [(subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.DEVNULL, text=True), text)
+                     for argv, text in texts if argv[0] != "ipset"]
+            for proc, text in procs:
+                proc.stdin.write(text)
+                proc.stdin.close()
+            if any(proc.wait() for proc, _ in procs):
+                raise RuntimeError("a concurrent restore failed")
+        else:
+            for argv, text in texts:
+                subprocess.run(argv, input=text, text=True, capture_output=True, check=True)
         out[case] = time.perf_counter() - started
     print(json.dumps(out), flush=True)
     return 0
@@ -391,10 +405,12 @@ def part_resync(args) -> dict:
     for r in range(args.runs):
         data_dir, text_dir = _tmpfs_dir("warren-bench-policy-etcd-"), tempfile.mkdtemp(prefix="warren-bench-policy-")
         try:
-            with private_netns("wpba") as agent_ns, private_netns("wpbf") as floor_ns:
+            with private_netns("wpba") as agent_ns, private_netns("wpbf") as floor_ns, \
+                    private_netns("wpbp") as parallel_ns:
                 agent = run_json(in_netns_argv(agent_ns, "_resync", str(args.endpoints), str(args.profiles),
                                                str(args.endpoints), data_dir, text_dir))
                 floor = run_json(in_netns_argv(floor_ns, "_floor", text_dir))
+                floor["parallel"] = run_json(in_netns_argv(parallel_ns, "_floor", text_dir, "parallel"))["empty"]
         finally:
             shutil.rmtree(data_dir, ignore_errors=True)
             shutil.rmtree(text_dir, ignore_errors=True)
@@ -405,7 +421,9 @@ def part_resync(args) -> dict:
                   f"apply {a['apply'] * 1000:5.0f}: restore tools {a['restores'] * 1000:5.0f}, other tools "
                   f"{(a['tools'] - a['restores']) * 1000:4.0f} in {a['calls']} calls, python "
                   f"{(a['apply'] - a['tools']) * 1000:4.0f}); bare restore of the same "
-                  f"{a['text_lines']} lines {floor[case] * 1000:6.0f} ms", flush=True)
+                  f"{a['text_lines']} lines {floor[case] * 1000:6.0f} ms"
+                  + (f" (IPv4 and IPv6 concurrently: {floor['parallel'] * 1000:.0f} ms)" if case == "empty" else ""),
+                  flush=True)
     kernel, expected = rounds[-1]["agent"]["kernel"], rounds[-1]["agent"]["expected"]
     print(f"   kernel after the resync: {kernel['rules4']} IPv4 / {kernel['rules6']} IPv6 WARREN rules in "
           f"{kernel['chains4']} / {kernel['chains6']} chains, {kernel['sets4']} IPv4 tag sets with "
@@ -425,6 +443,10 @@ def part_resync(args) -> dict:
               f"{verdict(agent_t <= GOAL_RESYNC)}", flush=True)
         print("           the agent's tool time by tool: "
               + ", ".join(f"{t} {v * 1000:.0f} ms" for t, v in by_tool.items()), flush=True)
+    parallel = statistics.median(r["floor"]["parallel"] for r in rounds)
+    summary["floor_parallel"] = parallel
+    print(f"   (context) the empty-case floor with IPv4 and IPv6 restored concurrently: {parallel * 1000:.0f} ms "
+          f"({parallel / summary['empty']['floor']:.2f} of the sequential floor)", flush=True)
 
     # rule count over a grid, and with four times the members
     grid = [(e, p, e) for e in args.scale_endpoints for p in args.scale_profiles]
@@ -743,6 +765,17 @@ def wait_config(lab, n_endpoints: int, timeout: float = 180) -> dict[str, int]:
     return {h: rules for h, (rules, _) in state.items()}
 
 
+def dispatch_position(lab, host: str, address: str, chain: str, flag: str) -> tuple[int, int]:
+    """(1-based position of the workload's interface rule in ``chain``, rules in it) on ``host``:
+    how many rules a flow's first packet walks there."""
+    route = lab.exec(host, ["ip", "-o", "route", "get", address]).stdout.split()
+    iface = route[route.index("dev") + 1] if "dev" in route else "?"
+    rules = [line for line in lab.exec(host, ["iptables", "-w", "5", "-S", chain]).stdout.splitlines()
+             if line.startswith("-A ")]
+    position = next((i for i, line in enumerate(rules, 1) if f" {flag} {iface} " in line), 0)
+    return position, len(rules)
+
+
 def agent_pid(lab, host: str) -> int | None:
     text = lab.exec(host, ["cat", f"/run/warren/{host}/agent.pid"]).stdout.strip()
     if not text.isdigit():
@@ -887,80 +920,119 @@ def report_dataplane(res: dict[str, dict[str, list[float]]]) -> dict:
             "rtt_same_round": same_rtt, "busy": busy}
 
 
+def start_containers(lab) -> tuple[int, str, int, str]:
+    """A container on each host on one warren network; (pid1, addr1, pid2, addr2) once they talk."""
+    create_network(lab, ("host1", "host2"), NETWORK, SUBNET)
+    pid1, addr1 = run_container(lab, "host1", "pc1", NETWORK)
+    pid2, addr2 = run_container(lab, "host2", "pc2", NETWORK)
+    block = str(ipaddress.ip_network(f"{addr2}/26", strict=False))
+    wait_until(lambda: any(r.startswith(block) for r in bgp_routes(lab, "host1")), 120, step=0.5,
+               what=f"host2's block {block} routed on host1 (BGP session up)")
+    if not cross_host_pings(lab, pid1, addr2, timeout=60):
+        raise RuntimeError(f"no cross-host connectivity on {NETWORK} ({addr2} from host1; host1's "
+                           f"BGP routes: {'; '.join(bgp_routes(lab, 'host1')) or 'none'})")
+    return pid1, addr1, pid2, addr2
+
+
+def start_pingpong(pid1: int, pid2: int, addr2: str, started: list) -> PingPong:
+    """The ping-pong server (CPU 1) in container 2 and the client (CPU 0) in container 1."""
+    server = subprocess.Popen(in_pid_netns(pid2, ["taskset", "-c", "1", "python3", "-c", PINGPONG_SERVER,
+                                                  str(PINGPONG_PORT)]),
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    started.append(server)
+    if server.stdout.readline().strip() != "ready":
+        raise RuntimeError("ping-pong server did not start")
+    client = PingPong(pid1, addr2)
+    started.append(client)
+    return client
+
+
+def connect_time(pp: PingPong) -> float:
+    """Median over 3 x CONNECTS TCP connects (us), with the policy as it is."""
+    return statistics.median(pp.ask("connect", CONNECTS)["median"] for _ in range(3))
+
+
+def setup_latency(lab, writer: HostHelper, changes: int, helpers: list) -> HostHelper:
+    poller = HostHelper(lab, "host2", "_poll", str(POLL_INTERVAL))
+    helpers.append(poller)
+    items, _ = latency_records(changes)
+    writer.ask({"puts": items})
+    set_name, chain = names.tag_set(LAT_SRC, 4), names.profile_chain(LAT_DST, "inbound")
+    wait_until(lambda: set_name in lab.exec("host2", ["ipset", "list", "-n"]).stdout.split()
+               and lab.exec("host2", ["iptables", "-w", "5", "-S", chain]).returncode == 0,
+               60, step=0.5, what=f"host2: set {set_name} and chain {chain}")
+    return poller
+
+
+def load_config(lab, writer: HostHelper, args) -> dict[str, int]:
+    started = time.monotonic()
+    writer.ask({"puts": config_records(args.endpoints, args.profiles)})
+    rules = wait_config(lab, args.endpoints)
+    print(f"\nconfiguration: {args.profiles} profiles, {args.endpoints} endpoint records per host; kernels hold "
+          f"{rules['host1']} / {rules['host2']} IPv4 WARREN rules after {time.monotonic() - started:.0f} s",
+          flush=True)
+    return rules
+
+
+def run_dataplane(lab, args, containers: tuple[int, str, int, str], pp: PingPong, started: list) -> dict:
+    pid1, addr1, pid2, addr2 = containers
+    print(f"\n3. dataplane: {args.rounds} rounds, policy jumps in place ('with') and removed "
+          f"('without'), alternating; per round iperf3 -P 4 -t {args.duration} in each mode, then "
+          f"{args.slices} alternations of {args.round_trips} TCP ping-pongs on one connection (client "
+          f"CPU 0, server CPU 1), then {CONNECTS} TCP connects per mode", flush=True)
+    from_pos = dispatch_position(lab, "host1", addr1, "WARREN-FROM-WL", "-i")
+    to_pos = dispatch_position(lab, "host2", addr2, "WARREN-TO-WL", "-o")
+    print(f"   a new flow's first packet walks rule {from_pos[0]} of {from_pos[1]} in host1's WARREN-FROM-WL "
+          f"and rule {to_pos[0]} of {to_pos[1]} in host2's WARREN-TO-WL (one per local endpoint)", flush=True)
+    for host in ("host1", "host2"):
+        kill_agent(lab, host)
+    path = Path(NETWORK, in_pid_netns(pid1, []), in_pid_netns(pid2, []), addr2)
+    path.start_server()
+    started.append(path)
+    out = report_dataplane(measure_dataplane(path, pp, lab, args))
+    out["dispatch"] = (from_pos, to_pos)
+    set_jumps(lab, True)
+    for host in ("host1", "host2"):
+        restart_agent(lab, host)
+    print("   agents restarted with warrenctl node start; cross-host ping after the restart: "
+          f"{'ok' if cross_host_pings(lab, pid1, addr2) else 'FAILED'}", flush=True)
+    return out
+
+
 def part_lab(args) -> dict:
     """Parts 2 and 3 in one 2-host warren-lab."""
     from ctl.lab import Lab
     out: dict = {}
     lab = Lab("bp" + secrets.token_hex(3))
     helpers: list[HostHelper] = []
-    servers: list = []
+    started: list = []   # servers and clients, stopped in finally
     try:
-        started = time.monotonic()
+        t0 = time.monotonic()
         lab.up(2, node=True)
-        print(f"\nlab {lab.name} up in {time.monotonic() - started:.0f} s", flush=True)
+        print(f"\nlab {lab.name} up in {time.monotonic() - t0:.0f} s", flush=True)
         writer = HostHelper(lab, "host1", "_writer")
         helpers.append(writer)
+        containers, pp = None, None
         if "dataplane" in args.parts:
-            create_network(lab, ("host1", "host2"), NETWORK, SUBNET)
-            pid1, _ = run_container(lab, "host1", "pc1", NETWORK)
-            pid2, addr2 = run_container(lab, "host2", "pc2", NETWORK)
-            block = str(ipaddress.ip_network(f"{addr2}/26", strict=False))
-            wait_until(lambda: any(r.startswith(block) for r in bgp_routes(lab, "host1")), 120, step=0.5,
-                       what=f"host2's block {block} routed on host1 (BGP session up)")
-            if not cross_host_pings(lab, pid1, addr2, timeout=60):
-                raise RuntimeError(f"no cross-host connectivity on {NETWORK} ({addr2} from host1; host1's "
-                                   f"BGP routes: {'; '.join(bgp_routes(lab, 'host1')) or 'none'})")
-        configs = [("base", 0), ("full", args.endpoints)]
-        if "latency" in args.parts:
-            poller = HostHelper(lab, "host2", "_poll", str(POLL_INTERVAL))
-            helpers.append(poller)
-            items, _ = latency_records(args.changes)
-            writer.ask({"puts": items})
-            set_name, chain = names.tag_set(LAT_SRC, 4), names.profile_chain(LAT_DST, "inbound")
-            wait_until(lambda: set_name in lab.exec("host2", ["ipset", "list", "-n"]).stdout.split()
-                       and lab.exec("host2", ["iptables", "-w", "5", "-S", chain]).returncode == 0,
-                       60, step=0.5, what=f"host2: set {set_name} and chain {chain}")
-        for label, n in configs:
-            if n:
-                started = time.monotonic()
-                writer.ask({"puts": config_records(n, args.profiles)})
-                rules = wait_config(lab, n)
-                print(f"\nconfiguration: {args.profiles} profiles, {n} endpoint records per host; kernels hold "
-                      f"{rules['host1']} / {rules['host2']} IPv4 WARREN rules after "
-                      f"{time.monotonic() - started:.0f} s", flush=True)
-                out["rules"] = rules
-            if "latency" in args.parts:
+            containers = start_containers(lab)
+            pp = start_pingpong(containers[0], containers[2], containers[3], started)
+        poller = setup_latency(lab, writer, args.changes, helpers) if "latency" in args.parts else None
+        for label in ("base", "full"):
+            if label == "full":
+                out["rules"] = load_config(lab, writer, args)
+            if pp is not None:
+                out[f"connect_{label}"] = connect_time(pp)
+                print(f"\n   TCP connect across hosts with the policy in place, {label} configuration: "
+                      f"{out[f'connect_{label}']:.1f} us (median of {3 * CONNECTS})", flush=True)
+            if poller is not None:
                 print(f"\n2. latency, {label} configuration: {args.changes} membership and {args.changes} rule "
                       "changes written on host1, enforced on host2", flush=True)
                 out[f"latency_{label}"] = report_latency(label, measure_latency(writer, poller, args.changes, label))
-        if "dataplane" in args.parts:
-            print(f"\n3. dataplane: {args.rounds} rounds, policy jumps in place ('with') and removed "
-                  f"('without'), alternating; per round iperf3 -P 4 -t {args.duration} in each mode, then "
-                  f"{args.slices} alternations of {args.round_trips} TCP ping-pongs on one connection (client "
-                  f"CPU 0, server CPU 1), then {CONNECTS} TCP connects per mode", flush=True)
-            for host in ("host1", "host2"):
-                kill_agent(lab, host)
-            path = Path(NETWORK, in_pid_netns(pid1, []), in_pid_netns(pid2, []), addr2)
-            path.start_server()
-            servers.append(path)
-            server = subprocess.Popen(in_pid_netns(pid2, ["taskset", "-c", "1", "python3", "-c", PINGPONG_SERVER,
-                                                          str(PINGPONG_PORT)]),
-                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                      text=True)
-            servers.append(server)
-            if server.stdout.readline().strip() != "ready":
-                raise RuntimeError("ping-pong server did not start")
-            client = PingPong(pid1, addr2)
-            servers.append(client)
-            out["dataplane"] = report_dataplane(measure_dataplane(path, client, lab, args))
-            set_jumps(lab, True)
-            for host in ("host1", "host2"):
-                restart_agent(lab, host)
-            print("   agents restarted with warrenctl node start; cross-host ping after the restart: "
-                  f"{'ok' if cross_host_pings(lab, pid1, addr2) else 'FAILED'}", flush=True)
+        if containers is not None:
+            out["dataplane"] = run_dataplane(lab, args, containers, pp, started)
         return out
     finally:
-        for item in servers:
+        for item in started:
             if isinstance(item, Path):
                 item.stop_server()
             elif isinstance(item, PingPong):
