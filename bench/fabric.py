@@ -2,10 +2,11 @@
 
 One warren-lab with ``--hosts`` hosts (default 2), real dockerd, etcd, ExaBGP:
 
-A. **Node memory at idle**: RSS (``VmRSS``) of one node's processes - the
-   plugin's gunicorn master and worker, ``bgp.speaker``, ExaBGP and the
-   ``bgp.api`` process - summed, once the BGP sessions are up and the node has
-   settled (goal <= 150 MiB). PSS is shown too (shared pages counted once).
+A. **Node memory at idle**: RSS (``VmRSS``) of one node's processes - found
+   from its pid files like ``bench.memory`` does: the plugin server, the node
+   agent, ExaBGP and the ``bgp.api`` process - summed, once the BGP sessions
+   are up and the node has settled (goal <= 150 MiB). PSS is shown too (shared
+   pages counted once). ``bench.memory`` measures this alone, on one host.
 B. **Convergence**: ``--runs`` times, ``docker run -d`` on host2 and, from a
    container on host1, ICMP echoes every 2 ms to the new container's address
    until the first reply. Reported: time from ``docker run`` returning to that
@@ -37,6 +38,7 @@ host's network namespace); nothing is sent outside them. Only processes this
 script started are stopped, by PID; the lab is removed in ``finally``.
 
     python -m bench.fabric [--runs 20] [--new-block-every 5] [--routes 1000] [--burst-runs 3]
+                           [--sections ABC]
 """
 from __future__ import annotations
 
@@ -490,54 +492,10 @@ def _lines(text: str) -> dict[str, list[str]]:
 # A. Node memory
 # =====================================================================================
 
-def _descendants(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        try:
-            with open(f"/proc/{p}/task/{p}/children") as f:
-                todo += [int(c) for c in f.read().split()]
-        except OSError:
-            pass
-    return out
-
-
-def _proc_kb(pid: int, path: str, field: str) -> int:
-    try:
-        with open(f"/proc/{pid}/{path}") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def _label(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return "?"
-    for mark, label in (("gunicorn", "plugin (gunicorn)"), ("bgp.speaker", "bgp.speaker"),
-                        ("exabgp", "exabgp"), ("bgp.api", "bgp.api")):
-        if mark in cmd:
-            return label
-    return cmd[:40]
-
-
 def node_memory(lab, host: str) -> list[dict]:
-    """RSS and PSS (KiB) of every process of ``host``'s node (plugin and speaker trees)."""
-    procs = []
-    for pidfile in ("plugin.pid", "bgp.pid"):
-        text = lab.exec(host, ["cat", f"/run/warren/{host}/{pidfile}"]).stdout.strip()
-        if not text:
-            raise RuntimeError(f"{host}: no /run/warren/{host}/{pidfile}")
-        for pid in _descendants(int(text)):
-            procs.append({"pid": pid, "what": _label(pid), "rss": _proc_kb(pid, "status", "VmRSS"),
-                          "pss": _proc_kb(pid, "smaps_rollup", "Pss")})
-    return procs
+    """RSS and PSS (KiB) of every process of ``host``'s node (see bench.memory)."""
+    from bench.memory import node_memory as measure
+    return measure(lab, host)
 
 
 # =====================================================================================
@@ -706,6 +664,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--burst-runs", type=int, default=3)
     ap.add_argument("--encap", choices=("native", "vxlan"), default="native")
     ap.add_argument("--settle", type=float, default=10.0, help="seconds of idle before the memory reading")
+    ap.add_argument("--sections", default="ABC", help="which parts to run: A memory, B convergence, C burst")
     args = ap.parse_args(argv)
     if args.routes > 1008:
         ap.error("--routes: at most 1008 (free addresses of the /22 burst pool)")
@@ -733,72 +692,87 @@ def main(argv: list[str] | None = None) -> int:
         if not cross_host_pings(lab, warm_pid, warm2):
             raise RuntimeError("native cross-host ping does not work")
 
-        # A. memory
-        time.sleep(args.settle)
-        mem = node_memory(lab, "host1")
-        rss = sum(p["rss"] for p in mem) / 1024
-        pss = sum(p["pss"] for p in mem) / 1024
-        print(f"\nA. node memory of host1 at idle ({len(mem)} processes, sessions up, 2 containers)")
-        for p in mem:
-            print(f"   {p['what']:18s} pid {p['pid']:7d}  RSS {p['rss'] / 1024:6.1f} MiB  PSS {p['pss'] / 1024:6.1f} MiB")
-        print(f"   total RSS {rss:.1f} MiB (PSS {pss:.1f} MiB)   goal <= {GOAL_MEMORY_MIB:.0f} MiB   "
-              f"{verdict(rss <= GOAL_MEMORY_MIB)}", flush=True)
-
-        # B. convergence
-        print(f"\nB. convergence, encap {args.encap}: {args.runs} runs probing from when docker run "
-              f"returns, then {args.early_runs} with traffic already waiting; a new block every "
-              f"{args.new_block_every} runs", flush=True)
-        ok = args.encap == "native"
-        if not ok:
-            ok, why = encap_available(lab, args.encap, "10.20.98.0/24")
-            if not ok:
-                print(f"   {args.encap}: NOT AVAILABLE: {why}")
-        if ok:
-            conv = measure_convergence(lab, args.runs, args.new_block_every, args.encap)
-            nets = -(-args.runs // args.new_block_every)
-            early = measure_convergence(lab, args.early_runs, args.new_block_every, args.encap,
-                                        early=True, first_net=nets) if args.early_runs else []
-            for label, rs in (("probe from docker run's return", conv),
-                              ("traffic already waiting", early)):
-                if not rs:
-                    continue
-                secs = [r["seconds"] for r in rs]
-                new = [r["seconds"] for r in rs if r["new_block"]]
-                old = [r["seconds"] for r in rs if not r["new_block"]] or [0.0]
-                p50, p99 = percentile(secs, 50), percentile(secs, 99)
-                print(f"   {label}: p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, "
-                      f"max {max(secs) * 1000:.1f} ms; new-block runs median {statistics.median(new) * 1000:.1f} ms "
-                      f"(max {max(new) * 1000:.1f}), same-block median {statistics.median(old) * 1000:.1f} ms; "
-                      f"answered before docker run returned: {sum(1 for r in rs if r['raw'] <= 0)}/{len(rs)}")
-                if rs is conv:
-                    print(f"   p99 {p99 * 1000:.1f} ms   goal <= {GOAL_CONV_P99 * 1000:.0f} ms   "
-                          f"{verdict(p99 <= GOAL_CONV_P99)}", flush=True)
-
-        # C. burst
-        print(f"\nC. burst of {args.routes} borrowed /32s (host2 borrows in host1's blocks), "
-              f"{args.burst_runs} repetitions, pool encap {args.encap if ok else 'native'}", flush=True)
-        burst = measure_burst(lab, args.routes, args.burst_runs, args.encap if ok else "native")
-        for how in ("one-txn", "allocator"):
-            rs = [r for r in burst if r["how"] == how]
-            med = {k: statistics.median(r[k] for r in rs) for k in (
-                "write", "first", "total", "after_write", "withdraw", "wire_last", "after_wire")
-                if all(k in r for r in rs)}
-            wire = (f", last UPDATE reached host1 {med['wire_last']:.3f} s, host1 done "
-                    f"{med['after_wire']:.3f} s later" if "wire_last" in med else "")
-            print(f"   {how:9s} median: etcd writes {med['write']:.3f} s, first route {med['first']:.3f} s, "
-                  f"all installed {med['total']:.3f} s, after the last write {med['after_write']:.3f} s"
-                  f"{wire}; withdraw {med['withdraw']:.3f} s")
-            if how == "one-txn":
-                print(f"   announce-to-installed (one-txn total) {med['total']:.3f} s   goal <= {GOAL_BURST} s   "
-                      f"{verdict(med['total'] <= GOAL_BURST)}")
-
-        mem2 = node_memory(lab, "host1")
-        print(f"\n   (context) host1 node RSS after the benchmark: {sum(p['rss'] for p in mem2) / 1024:.1f} MiB "
-              f"(PSS {sum(p['pss'] for p in mem2) / 1024:.1f} MiB)")
+        sections = set(args.sections.upper())
+        if "A" in sections:
+            time.sleep(args.settle)
+            report_memory(lab)
+        if "B" in sections:
+            ok = report_convergence(lab, args)
+        else:
+            ok = args.encap == "native" or encap_available(lab, args.encap, "10.20.98.0/24")[0]
+        if "C" in sections:
+            report_burst(lab, args, args.encap if ok else "native")
         print(f"load average at the end: {os.getloadavg()[0]:.2f}")
         return 0
     finally:
         lab.down()
+
+
+def report_memory(lab) -> None:
+    """Section A: host1's node processes, summed, against the goal."""
+    mem = node_memory(lab, "host1")
+    rss = sum(p["rss"] for p in mem) / 1024
+    pss = sum(p["pss"] for p in mem) / 1024
+    print(f"\nA. node memory of host1 at idle ({len(mem)} processes, sessions up, 2 containers)")
+    for p in mem:
+        print(f"   {p['what']:18s} pid {p['pid']:7d}  RSS {p['rss'] / 1024:6.1f} MiB  PSS {p['pss'] / 1024:6.1f} MiB")
+    print(f"   total RSS {rss:.1f} MiB (PSS {pss:.1f} MiB)   goal <= {GOAL_MEMORY_MIB:.0f} MiB   "
+          f"{verdict(rss <= GOAL_MEMORY_MIB)}", flush=True)
+
+
+def report_convergence(lab, args) -> bool:
+    """Section B; returns whether the encapsulation gives cross-host connectivity."""
+    print(f"\nB. convergence, encap {args.encap}: {args.runs} runs probing from when docker run "
+          f"returns, then {args.early_runs} with traffic already waiting; a new block every "
+          f"{args.new_block_every} runs", flush=True)
+    ok = args.encap == "native"
+    if not ok:
+        ok, why = encap_available(lab, args.encap, "10.20.98.0/24")
+        if not ok:
+            print(f"   {args.encap}: NOT AVAILABLE: {why}")
+            return False
+    conv = measure_convergence(lab, args.runs, args.new_block_every, args.encap)
+    nets = -(-args.runs // args.new_block_every)
+    early = measure_convergence(lab, args.early_runs, args.new_block_every, args.encap,
+                                early=True, first_net=nets) if args.early_runs else []
+    for label, rs in (("probe from docker run's return", conv), ("traffic already waiting", early)):
+        if not rs:
+            continue
+        secs = [r["seconds"] for r in rs]
+        new = [r["seconds"] for r in rs if r["new_block"]]
+        old = [r["seconds"] for r in rs if not r["new_block"]] or [0.0]
+        p50, p99 = percentile(secs, 50), percentile(secs, 99)
+        print(f"   {label}: p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, "
+              f"max {max(secs) * 1000:.1f} ms; new-block runs median {statistics.median(new) * 1000:.1f} ms "
+              f"(max {max(new) * 1000:.1f}), same-block median {statistics.median(old) * 1000:.1f} ms; "
+              f"answered before docker run returned: {sum(1 for r in rs if r['raw'] <= 0)}/{len(rs)}")
+        if rs is conv:
+            print(f"   p99 {p99 * 1000:.1f} ms   goal <= {GOAL_CONV_P99 * 1000:.0f} ms   "
+                  f"{verdict(p99 <= GOAL_CONV_P99)}", flush=True)
+    return True
+
+
+def report_burst(lab, args, encap: str) -> None:
+    """Section C: medians of the burst repetitions, the one-txn total against the goal."""
+    print(f"\nC. burst of {args.routes} borrowed /32s (host2 borrows in host1's blocks), "
+          f"{args.burst_runs} repetitions, pool encap {encap}", flush=True)
+    burst = measure_burst(lab, args.routes, args.burst_runs, encap)
+    for how in ("one-txn", "allocator"):
+        rs = [r for r in burst if r["how"] == how]
+        med = {k: statistics.median(r[k] for r in rs) for k in (
+            "write", "first", "total", "after_write", "withdraw", "wire_last", "after_wire")
+            if all(k in r for r in rs)}
+        wire = (f", last UPDATE reached host1 {med['wire_last']:.3f} s, host1 done "
+                f"{med['after_wire']:.3f} s later" if "wire_last" in med else "")
+        print(f"   {how:9s} median: etcd writes {med['write']:.3f} s, first route {med['first']:.3f} s, "
+              f"all installed {med['total']:.3f} s, after the last write {med['after_write']:.3f} s"
+              f"{wire}; withdraw {med['withdraw']:.3f} s")
+        if how == "one-txn":
+            print(f"   announce-to-installed (one-txn total) {med['total']:.3f} s   goal <= {GOAL_BURST} s   "
+                  f"{verdict(med['total'] <= GOAL_BURST)}")
+    mem = node_memory(lab, "host1")
+    print(f"\n   (context) host1 node RSS after the burst: {sum(p['rss'] for p in mem) / 1024:.1f} MiB "
+          f"(PSS {sum(p['pss'] for p in mem) / 1024:.1f} MiB)")
 
 
 if __name__ == "__main__":
