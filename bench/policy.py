@@ -48,7 +48,7 @@ are stopped, by PID (the lab's agents by the PID in their pid file, after
 checking it is ``ctl.agent``).
 
     python -m bench.policy [--parts resync,latency,dataplane] [--endpoints 1000] [--profiles 100]
-                           [--runs 3] [--changes 40] [--rounds 6] [--duration 3] [--slices 10]
+                           [--runs 5] [--changes 40] [--rounds 6] [--duration 3] [--slices 10]
 """
 from __future__ import annotations
 
@@ -127,7 +127,10 @@ def endpoint_profiles(i: int, profiles: int) -> list[str]:
 
 
 def endpoint_id(host: str, i: int) -> str:
-    return hashlib.sha256(f"bench-policy/{host}/{i}".encode()).hexdigest()
+    """Stable ids starting with "000": a record's interface (wrn + 11 characters of the id) sorts
+    before a Docker endpoint's, so a container's rule comes last in the dispatch chains (the
+    worst case for a new flow, and the same in every run)."""
+    return "000" + hashlib.sha256(f"bench-policy/{host}/{i}".encode()).hexdigest()[3:]
 
 
 def bench_endpoints(host: str, count: int, base: str, profiles: int, start: int = 0) -> list:
@@ -396,34 +399,63 @@ def fit_linear(rows: list[tuple[float, float, float]]) -> tuple[float, float, fl
     return a, b, c, worst
 
 
+def resync_round(args, r: int, text_dirs: list[str]) -> dict:
+    """One round in fresh namespaces: the agent (which saves the texts it wrote) and the floor.
+    Odd rounds time the floor first, with the previous round's (identical) texts, so neither
+    side always runs first on a machine whose load drifts."""
+    data_dir = _tmpfs_dir("warren-bench-policy-etcd-")
+    text_dirs.append(tempfile.mkdtemp(prefix="warren-bench-policy-"))
+    try:
+        with private_netns("wpba") as agent_ns, private_netns("wpbf") as floor_ns, \
+                private_netns("wpbp") as parallel_ns:
+            def agent() -> dict:
+                return run_json(in_netns_argv(agent_ns, "_resync", str(args.endpoints), str(args.profiles),
+                                              str(args.endpoints), data_dir, text_dirs[-1]))
+
+            def floor() -> dict:
+                texts = text_dirs[-1] if r % 2 == 0 else text_dirs[-2]
+                got = run_json(in_netns_argv(floor_ns, "_floor", texts))
+                got["parallel"] = run_json(in_netns_argv(parallel_ns, "_floor", texts, "parallel"))["empty"]
+                return got
+            if r % 2 == 0:
+                result = {"agent": agent(), "floor": floor()}
+            else:
+                result = {"floor": floor(), "agent": agent()}
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+    agent_r, floor_r = result["agent"], result["floor"]
+    for case in ("empty", "restart"):
+        a = agent_r[case]
+        print(f"   round {r + 1} {case:7s}: agent {a['total'] * 1000:6.0f} ms (load {a['load'] * 1000:4.0f}, "
+              f"apply {a['apply'] * 1000:5.0f}: restore tools {a['restores'] * 1000:5.0f}, other tools "
+              f"{(a['tools'] - a['restores']) * 1000:4.0f} in {a['calls']} calls, python "
+              f"{(a['apply'] - a['tools']) * 1000:4.0f}); bare restore of the same "
+              f"{a['text_lines']} lines {floor_r[case] * 1000:6.0f} ms"
+              + (f" (IPv4 and IPv6 concurrently: {floor_r['parallel'] * 1000:.0f} ms)" if case == "empty" else "")
+              + ("   [floor timed first]" if r % 2 else ""), flush=True)
+    return result
+
+
 def part_resync(args) -> dict:
     """Part 1; returns every figure (also printed)."""
     print(f"\n1. resync: {args.endpoints} local endpoint records, {args.profiles} profiles, "
           f"{args.endpoints} remote endpoints on {REMOTE_HOSTS} other hosts; {args.runs} rounds, "
           "each in fresh namespaces", flush=True)
     rounds = []
-    for r in range(args.runs):
-        data_dir, text_dir = _tmpfs_dir("warren-bench-policy-etcd-"), tempfile.mkdtemp(prefix="warren-bench-policy-")
-        try:
-            with private_netns("wpba") as agent_ns, private_netns("wpbf") as floor_ns, \
-                    private_netns("wpbp") as parallel_ns:
-                agent = run_json(in_netns_argv(agent_ns, "_resync", str(args.endpoints), str(args.profiles),
-                                               str(args.endpoints), data_dir, text_dir))
-                floor = run_json(in_netns_argv(floor_ns, "_floor", text_dir))
-                floor["parallel"] = run_json(in_netns_argv(parallel_ns, "_floor", text_dir, "parallel"))["empty"]
-        finally:
-            shutil.rmtree(data_dir, ignore_errors=True)
-            shutil.rmtree(text_dir, ignore_errors=True)
-        rounds.append({"agent": agent, "floor": floor})
-        for case in ("empty", "restart"):
-            a = agent[case]
-            print(f"   round {r + 1} {case:7s}: agent {a['total'] * 1000:6.0f} ms (load {a['load'] * 1000:4.0f}, "
-                  f"apply {a['apply'] * 1000:5.0f}: restore tools {a['restores'] * 1000:5.0f}, other tools "
-                  f"{(a['tools'] - a['restores']) * 1000:4.0f} in {a['calls']} calls, python "
-                  f"{(a['apply'] - a['tools']) * 1000:4.0f}); bare restore of the same "
-                  f"{a['text_lines']} lines {floor[case] * 1000:6.0f} ms"
-                  + (f" (IPv4 and IPv6 concurrently: {floor['parallel'] * 1000:.0f} ms)" if case == "empty" else ""),
-                  flush=True)
+    text_dirs: list[str] = []
+    try:
+        for r in range(args.runs):
+            rounds.append(resync_round(args, r, text_dirs))
+        texts = set()
+        for d in text_dirs:
+            for case in ("empty", "restart"):
+                with open(os.path.join(d, f"{case}.json")) as f:
+                    texts.add((case, f.read()))
+        if len(texts) != 2:
+            raise RuntimeError("the agent wrote different texts in different rounds: the floor compared is not its own")
+    finally:
+        for d in text_dirs:
+            shutil.rmtree(d, ignore_errors=True)
     kernel, expected = rounds[-1]["agent"]["kernel"], rounds[-1]["agent"]["expected"]
     print(f"   kernel after the resync: {kernel['rules4']} IPv4 / {kernel['rules6']} IPv6 WARREN rules in "
           f"{kernel['chains4']} / {kernel['chains6']} chains, {kernel['sets4']} IPv4 tag sets with "
@@ -947,9 +979,17 @@ def start_pingpong(pid1: int, pid2: int, addr2: str, started: list) -> PingPong:
     return client
 
 
-def connect_time(pp: PingPong) -> float:
-    """Median over 3 x CONNECTS TCP connects (us), with the policy as it is."""
-    return statistics.median(pp.ask("connect", CONNECTS)["median"] for _ in range(3))
+def connect_cost(lab, containers: tuple[int, str, int, str], pp: PingPong, label: str) -> dict:
+    """TCP connect time across hosts with the policy in place (median of 3 x CONNECTS, us),
+    and how many dispatch rules the SYN walks (host1's WARREN-FROM-WL + host2's WARREN-TO-WL)."""
+    _, addr1, _, addr2 = containers
+    from_pos = dispatch_position(lab, "host1", addr1, "WARREN-FROM-WL", "-i")
+    to_pos = dispatch_position(lab, "host2", addr2, "WARREN-TO-WL", "-o")
+    seconds = statistics.median(pp.ask("connect", CONNECTS)["median"] for _ in range(3))
+    print(f"\n   TCP connect across hosts with the policy in place, {label} configuration: {seconds:.1f} us "
+          f"(median of {3 * CONNECTS}); the SYN walks rule {from_pos[0]} of {from_pos[1]} in host1's "
+          f"WARREN-FROM-WL and rule {to_pos[0]} of {to_pos[1]} in host2's WARREN-TO-WL", flush=True)
+    return {"us": seconds, "walked": from_pos[0] + to_pos[0]}
 
 
 def setup_latency(lab, writer: HostHelper, changes: int, helpers: list) -> HostHelper:
@@ -975,22 +1015,17 @@ def load_config(lab, writer: HostHelper, args) -> dict[str, int]:
 
 
 def run_dataplane(lab, args, containers: tuple[int, str, int, str], pp: PingPong, started: list) -> dict:
-    pid1, addr1, pid2, addr2 = containers
+    pid1, _, pid2, addr2 = containers
     print(f"\n3. dataplane: {args.rounds} rounds, policy jumps in place ('with') and removed "
           f"('without'), alternating; per round iperf3 -P 4 -t {args.duration} in each mode, then "
           f"{args.slices} alternations of {args.round_trips} TCP ping-pongs on one connection (client "
           f"CPU 0, server CPU 1), then {CONNECTS} TCP connects per mode", flush=True)
-    from_pos = dispatch_position(lab, "host1", addr1, "WARREN-FROM-WL", "-i")
-    to_pos = dispatch_position(lab, "host2", addr2, "WARREN-TO-WL", "-o")
-    print(f"   a new flow's first packet walks rule {from_pos[0]} of {from_pos[1]} in host1's WARREN-FROM-WL "
-          f"and rule {to_pos[0]} of {to_pos[1]} in host2's WARREN-TO-WL (one per local endpoint)", flush=True)
     for host in ("host1", "host2"):
         kill_agent(lab, host)
     path = Path(NETWORK, in_pid_netns(pid1, []), in_pid_netns(pid2, []), addr2)
     path.start_server()
     started.append(path)
     out = report_dataplane(measure_dataplane(path, pp, lab, args))
-    out["dispatch"] = (from_pos, to_pos)
     set_jumps(lab, True)
     for host in ("host1", "host2"):
         restart_agent(lab, host)
@@ -1021,14 +1056,18 @@ def part_lab(args) -> dict:
             if label == "full":
                 out["rules"] = load_config(lab, writer, args)
             if pp is not None:
-                out[f"connect_{label}"] = connect_time(pp)
-                print(f"\n   TCP connect across hosts with the policy in place, {label} configuration: "
-                      f"{out[f'connect_{label}']:.1f} us (median of {3 * CONNECTS})", flush=True)
+                out[f"connect_{label}"] = connect_cost(lab, containers, pp, label)
             if poller is not None:
                 print(f"\n2. latency, {label} configuration: {args.changes} membership and {args.changes} rule "
                       "changes written on host1, enforced on host2", flush=True)
                 out[f"latency_{label}"] = report_latency(label, measure_latency(writer, poller, args.changes, label))
-        if containers is not None:
+        if pp is not None:
+            base, full = out["connect_base"], out["connect_full"]
+            per_rule = (full["us"] - base["us"]) / max(1, full["walked"] - base["walked"]) * 1000
+            out["ns_per_dispatch_rule"] = per_rule
+            print(f"   (context) connect full - base: {full['us'] - base['us']:+.1f} us for "
+                  f"{full['walked'] - base['walked']} more dispatch rules walked: {per_rule:.0f} ns per rule; "
+                  "the dispatch chains are linear in local endpoints", flush=True)
             out["dataplane"] = run_dataplane(lab, args, containers, pp, started)
         return out
     finally:
@@ -1069,7 +1108,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--parts", default=",".join(PARTS), help="comma-separated: resync, latency, dataplane")
     ap.add_argument("--endpoints", type=int, default=1000, help="local endpoint records (per host in the lab)")
     ap.add_argument("--profiles", type=int, default=100)
-    ap.add_argument("--runs", type=int, default=3, help="resync rounds")
+    ap.add_argument("--runs", type=int, default=5, help="resync rounds")
     ap.add_argument("--scale-endpoints", type=_int_list, default=[250, 500, 1000])
     ap.add_argument("--scale-profiles", type=_int_list, default=[25, 50, 100])
     ap.add_argument("--changes", type=int, default=40, help="latency: changes of each kind, per configuration")
