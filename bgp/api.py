@@ -328,11 +328,13 @@ class ApiProcess:
     def sync_fib(self) -> bool:
         """Make the kernel match the RIB; False if some routes could not be installed.
         Only the FIB worker calls it (and start-up, before the worker runs)."""
+        started = time.monotonic()
         with self.lock:
             wanted = self.plan()
         changes, removed = ribmod.diff(self._kernel, wanted)
         if not (changes or removed):
             return True
+        planned = time.monotonic()
         vtep_ipr = []  # a netlink socket for VTEP entries, opened on first need
 
         def before(prefix: str, route: Route) -> bool:
@@ -363,8 +365,9 @@ class ApiProcess:
         for prefix in removed:
             self._kernel.pop(prefix, None)
         self._kernel.update(changes)
-        if len(changes) + len(removed) > 1:
-            log.debug("FIB: %d installed, %d removed", len(changes), len(removed))
+        log.log(logging.INFO if len(changes) + len(removed) >= 100 else logging.DEBUG,
+                "FIB: %d installed, %d removed (plan %.1f ms, kernel %.1f ms)", len(changes), len(removed),
+                1000 * (planned - started), 1000 * (time.monotonic() - planned))
         return True
 
     # -- start-up -------------------------------------------------------------------
@@ -420,8 +423,10 @@ class ApiProcess:
             self.announced = (self.announced | (new - set(skipped))) - gone
             self.commands.send(*commands)
         if new or gone:
-            log.info("announcing %d and withdrawing %d prefixes (%d commands)",
-                     len(new) - len(skipped), len(gone), len(commands))
+            shown = sorted(new | gone)
+            log.info("announcing %d and withdrawing %d prefixes (%d commands)%s",
+                     len(new) - len(skipped), len(gone), len(commands),
+                     f": {' '.join(shown)}" if len(shown) <= 4 else "")
 
     def replay(self, peer: str) -> None:
         """Everything we announce, to ``peer`` (a session that came up later), then End-of-RIB."""
