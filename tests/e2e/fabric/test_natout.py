@@ -117,6 +117,11 @@ def networks(lab) -> None:
            "--subnet", PLAIN_POOL, "plainnet")
         wait_for(lambda: NAT_POOL in members(lab, host, MASQ_POOLS[4])
                  and PLAIN_POOL in members(lab, host, ALL_POOLS[4]), 20, what=f"{host}'s ipsets")
+    # the two networks are isolated by their default profiles: let natnet reach plainnet's server
+    wait_for(lambda: ctl(lab, "host1", "profile", "plainnet", "rule", "show", check=False).returncode == 0,
+             20, what="the agents created plainnet's profile")
+    ctl(lab, "host1", "profile", "plainnet", "rule", "add", "inbound", "allow", "tcp", "to", "ports",
+        str(PORT), "from", "tag", "natnet")
 
 
 @pytest.fixture(autouse=True)
