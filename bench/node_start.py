@@ -151,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     print("Warren node start benchmark")
     print(f"command: {sys.executable} -m bench.node_start --runs {args.runs}")
-    print(f"date: {time.strftime('%Y-%m-%d')}, cores: {os.cpu_count()}")
+    print(f"date: {time.strftime('%Y-%m-%d')}, cores: {os.cpu_count()}, "
+          f"load average at start: {os.getloadavg()[0]:.1f}")
     lab = Lab("n" + secrets.token_hex(3))
     bench = None
     try:
@@ -177,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             bench.cleanup()
         lab.down()
     med = {k: statistics.median(v) for k, v in ready.items()}
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
     print(f"\nstart to Plugin.Activate answering, {args.runs} runs each, interleaved (seconds)")
     for kind in kinds:
         print(f"   {kind:8s} median {med[kind]:.2f}  (min {min(ready[kind]):.2f}, max {max(ready[kind]):.2f})")
