@@ -30,16 +30,20 @@ Three parts (``--parts``, default all), each against a baseline measured in the 
 3. **dataplane** (the same lab): a warren network with a container on each host;
    ``--profiles`` profiles and ``--endpoints`` extra endpoint records per host
    (records only: addresses outside every pool, no veths), so both agents'
-   chains are full size. Then cross-host ``iperf3 -P 4`` and a pinned TCP
-   ping-pong (the host's python3 in the containers' netns via nsenter, client
-   and server on different CPUs with taskset; also the time of a TCP connect,
-   whose first packet walks the policy chains), with the policy's parent jumps
-   in place and removed, alternating per round. Both agents are killed (-9)
-   first so they cannot put the jumps back (their rules stay); the jumps
-   ``FORWARD/INPUT -j WARREN-PROFILES-*`` are then removed and re-inserted by
-   this script (without them plugin.forward's WARREN-FORWARD accepts workload
-   traffic). Goals: throughput with/without >= 0.9, RTT with - without <= 2 us.
-   The agents are restarted with ``warrenctl node start`` at the end.
+   chains are full size. Record ids start with "000", so the containers'
+   interfaces sort last in the dispatch chains (the worst case for a new flow,
+   reproducible). TCP connect time with the policy in place is taken at the
+   almost empty and at the full configuration (context: a flow's first packet
+   walks the dispatch chains). Then both agents are killed (-9) so they cannot
+   put the jumps back (their rules stay), and per round, with the policy's parent
+   jumps ``FORWARD/INPUT -j WARREN-PROFILES-*`` in place and removed by this
+   script (without them plugin.forward's WARREN-FORWARD accepts workload
+   traffic), in alternating order: cross-host ``iperf3 -P 4``; ``--slices``
+   alternations of ``--round-trips`` round trips of a pinned TCP ping-pong on one
+   connection (the host's python3 in the containers' netns via nsenter, client
+   on CPU 0, server on CPU 1); 200 TCP connects. Goals: throughput with/without
+   >= 0.9, RTT with - without <= 2 us. The agents are restarted with ``warrenctl
+   node start`` at the end.
 
 Network safety: all traffic stays in namespaces this script or its lab made;
 the lab blackholes its prefixes in the root netns; every namespace, process and
@@ -71,7 +75,8 @@ import time
 from typing import Iterator
 
 from bench.dataplane import Path, cpu_busy, iperf, wait_quiet
-from bench.fabric import bgp_routes, create_network, cross_host_pings, in_pid_netns, percentile, run_container, wait_until
+from bench.fabric import (bgp_routes, create_network, cross_host_pings, in_pid_netns, percentile,
+                          run_container, wait_until)
 from datastore import Datastore, Delete, EtcdConfig, Put, codec, keys
 from datastore.config import parse_endpoint
 from datastore.localetcd import LocalEtcd
@@ -103,7 +108,7 @@ def profile_name(i: int) -> str:
     return f"bp{i:03d}"
 
 
-def bench_profiles(count: int) -> list:
+def bench_profiles(count: int) -> list[Profile]:
     """``count`` profiles, each with its own tag and six rules (five apply to IPv6)."""
     out = []
     for i in range(count):
@@ -133,14 +138,14 @@ def endpoint_id(host: str, i: int) -> str:
     return "000" + hashlib.sha256(f"bench-policy/{host}/{i}".encode()).hexdigest()[3:]
 
 
-def bench_endpoints(host: str, count: int, base: str, profiles: int, start: int = 0) -> list:
+def bench_endpoints(host: str, count: int, base: str, profiles: int, start: int = 0) -> list[Endpoint]:
     """``count`` endpoint records of ``host`` (no network, own profile lists, one IPv4 address)."""
     first = ipaddress.ip_address(base)
     return [Endpoint(endpoint_id(host, i), "", host, [str(first + i)], profiles=endpoint_profiles(i, profiles))
             for i in range(start, start + count)]
 
 
-def remote_endpoints(count: int, profiles: int) -> list:
+def remote_endpoints(count: int, profiles: int) -> list[Endpoint]:
     """``count`` endpoints spread over REMOTE_HOSTS other hosts (tag members only)."""
     out = []
     for h in range(REMOTE_HOSTS):
@@ -150,7 +155,7 @@ def remote_endpoints(count: int, profiles: int) -> list:
     return out
 
 
-def records(profiles: list, endpoints: list) -> list[tuple[str, str]]:
+def records(profiles: list[Profile], endpoints: list[Endpoint]) -> list[tuple[str, str]]:
     """(key, JSON value) of every record."""
     out = [(keys.profile(p.name), codec.dumps(p).decode()) for p in profiles]
     out += [(keys.endpoint(e.host, e.id), codec.dumps(e).decode()) for e in endpoints]
@@ -199,7 +204,8 @@ def run_json(argv: list[str], timeout: float = 600) -> dict:
             proc.wait()
     lines = out.strip().splitlines()
     if proc.returncode or not lines:
-        raise RuntimeError(f"{' '.join(argv[3:6])}: exit {proc.returncode}: {err.strip()[-600:]}")
+        raise RuntimeError(f"helper {argv[6] if len(argv) > 6 else argv}: exit {proc.returncode}: "
+                           f"{err.strip()[-600:]}")
     return json.loads(lines[-1])
 
 
@@ -222,7 +228,7 @@ class TimedKernel(Kernel):
             self.calls.append((argv, time.perf_counter() - started, text))
 
 
-def _private_etcd(data_dir: str):
+def _private_etcd(data_dir: str) -> tuple[LocalEtcd, Datastore]:
     """etcd on this process's netns loopback (the helper lives in a netns of ours)."""
     server = LocalEtcd(data_dir, die_with_parent=True).start()
     return server, Datastore(EtcdConfig((parse_endpoint(server.endpoint),), timeout=30.0))
@@ -237,12 +243,12 @@ def _kernel_counts() -> dict:
         out[f"rules{version}"] = sum(1 for line in lines if line.startswith("-A WARREN-"))
         out[f"chains{version}"] = sum(1 for line in lines if line.startswith(":WARREN-"))
     listing = subprocess.run(["ipset", "list", "-t"], capture_output=True, text=True, check=True).stdout
-    names = [line.split(":", 1)[1].strip() for line in listing.splitlines() if line.startswith("Name:")]
+    set_names = [line.split(":", 1)[1].strip() for line in listing.splitlines() if line.startswith("Name:")]
     entries = [int(line.split(":", 1)[1]) for line in listing.splitlines()
                if line.startswith("Number of entries:")]
-    tag_sets = [n for n, _ in zip(names, entries) if n.startswith("warren-v4-")]
-    out["sets4"] = len(tag_sets)
-    out["set_entries4"] = sum(c for n, c in zip(names, entries) if n.startswith("warren-v4-"))
+    tags = [(n, c) for n, c in zip(set_names, entries) if names.is_tag_set(n, 4)]
+    out["sets4"] = len(tags)
+    out["set_entries4"] = sum(c for _, c in tags)
     return out
 
 
@@ -496,9 +502,9 @@ def part_resync(args) -> dict:
         k = pt["kernel"]
         members = k["set_entries4"] / max(1, k["sets4"])
         pt["members_per_tag"] = members
-        print(f"   {pt['endpoints']:5d} endpoints {pt['profiles']:4d} profiles ({pt['profile_rules']:4d} profile rules) "
-              f"remote {pt['remote']:5d}: {k['rules4']:6d} rules = {k['rules4'] / pt['endpoints']:5.2f} per endpoint; "
-              f"tag sets {k['sets4']} x {members:5.1f} members (E x members would be "
+        print(f"   {pt['endpoints']:5d} endpoints {pt['profiles']:4d} profiles ({pt['profile_rules']:4d} profile "
+              f"rules) remote {pt['remote']:5d}: {k['rules4']:6d} rules = {k['rules4'] / pt['endpoints']:5.2f} per "
+              f"endpoint; tag sets {k['sets4']} x {members:5.1f} members (a rule per endpoint and member: "
               f"{pt['endpoints'] * members:7.0f}); resync {pt['seconds'] * 1000:5.0f} ms"
               + ("" if k == pt["expected"] else "  MISMATCH with the generator"), flush=True)
     same_members = [p for p in points if p["remote"] == p["endpoints"]]
@@ -642,10 +648,14 @@ LAT_PORT = 20000
 POLL_INTERVAL = 0.01
 
 
-def latency_records(changes: int) -> tuple[list[tuple[str, str]], list]:
+def latency_profile(name: str) -> Profile:
+    """LAT_DST or LAT_SRC as first written: own tag, inbound allow from tag LAT_SRC, outbound allow."""
+    return Profile(name, [name], [Rule.make("allow", src_tag=LAT_SRC)], [Rule.make("allow")])
+
+
+def latency_records(changes: int) -> tuple[list[tuple[str, str]], list[Endpoint]]:
     """The profiles, host2's endpoint and host1's (not yet member) endpoints; returns (records, members)."""
-    dst = Profile(LAT_DST, [LAT_DST], [Rule.make("allow", src_tag=LAT_SRC)], [Rule.make("allow")])
-    src = Profile(LAT_SRC, [LAT_SRC], [Rule.make("allow", src_tag=LAT_SRC)], [Rule.make("allow")])
+    dst, src = latency_profile(LAT_DST), latency_profile(LAT_SRC)
     host2 = Endpoint(endpoint_id("host2", 999999), "", "host2", [LAT_DST_ADDR], profiles=[LAT_DST])
     first = ipaddress.ip_address(LAT_MEMBER_BASE)
     members = [Endpoint(endpoint_id("host1", 900000 + i), "", "host1", [str(first + 1 + i)], profiles=[])
@@ -656,7 +666,7 @@ def latency_records(changes: int) -> tuple[list[tuple[str, str]], list]:
 def measure_latency(writer: HostHelper, poller: HostHelper, changes: int, label: str) -> dict[str, list[dict]]:
     """``changes`` membership and ``changes`` rule changes, alternating add/remove, interleaved."""
     _, members = latency_records(changes)
-    dst = Profile(LAT_DST, [LAT_DST], [Rule.make("allow", src_tag=LAT_SRC)], [Rule.make("allow")])
+    dst = latency_profile(LAT_DST)
     set_name, chain = names.tag_set(LAT_SRC, 4), names.profile_chain(LAT_DST, "inbound")
     out: dict[str, list[dict]] = {"membership": [], "rule": []}
     for i in range(changes):
@@ -749,7 +759,10 @@ def rtt(n):
     for i in range(n):
         t = clock(); c.sendall(msg); got = 0
         while got < 64:
-            got += len(c.recv(64))
+            d = c.recv(64)
+            if not d:
+                raise SystemExit("the server closed the connection")
+            got += len(d)
         out.append(clock() - t)
     return sorted(out)
 
