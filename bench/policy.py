@@ -434,8 +434,8 @@ def resync_round(args, r: int, text_dirs: list[str]) -> dict:
         a = agent_r[case]
         print(f"   round {r + 1} {case:7s}: agent {a['total'] * 1000:6.0f} ms (load {a['load'] * 1000:4.0f}, "
               f"apply {a['apply'] * 1000:5.0f}: restore tools {a['restores'] * 1000:5.0f}, other tools "
-              f"{(a['tools'] - a['restores']) * 1000:4.0f} in {a['calls']} calls, python "
-              f"{(a['apply'] - a['tools']) * 1000:4.0f}); bare restore of the same "
+              f"{(a['tools'] - a['restores']) * 1000:4.0f} in {a['calls']} calls, summed over the "
+              "concurrent IPv4 and IPv6 writers); bare restore of the same "
               f"{a['text_lines']} lines {floor_r[case] * 1000:6.0f} ms"
               + (f" (IPv4 and IPv6 concurrently: {floor_r['parallel'] * 1000:.0f} ms)" if case == "empty" else "")
               + ("   [floor timed first]" if r % 2 else ""), flush=True)
@@ -476,7 +476,8 @@ def part_resync(args) -> dict:
         by_tool = {t: statistics.median(r["agent"][case]["by_tool"].get(t, 0.0) for r in rounds) for t in tools}
         summary[case] = {"agent": agent_t, "floor": floor_t, "by_tool": by_tool, **detail}
         print(f"   {case:7s} median: agent {agent_t * 1000:.0f} ms (load {detail['load'] * 1000:.0f}, apply "
-              f"{detail['apply'] * 1000:.0f}, of which kernel tools {detail['tools'] * 1000:.0f}), floor "
+              f"{detail['apply'] * 1000:.0f}; kernel tools, summed over IPv4 and IPv6 running at once, "
+              f"{detail['tools'] * 1000:.0f}), floor "
               f"{floor_t * 1000:.0f} ms, agent/floor {agent_t / floor_t:.2f}   goal <= {GOAL_RESYNC:.0f} s   "
               f"{verdict(agent_t <= GOAL_RESYNC)}", flush=True)
         print("           the agent's tool time by tool: "

@@ -34,6 +34,7 @@ import logging
 import queue
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable
 
@@ -121,6 +122,7 @@ class PolicyAgent:
         self._chains: dict[int, dict[str, list[str]] | None] = {}  # what we last wrote
         self._sets: dict[int, dict[str, list[str]] | None] = {}
         self._versions = self.kernel.versions()
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="policy-apply")
 
     # -- reading etcd -------------------------------------------------------------
 
@@ -163,8 +165,11 @@ class PolicyAgent:
         """Make the kernel match the snapshot (only the differences unless ``full``)."""
         started = time.monotonic()
         try:
-            for version in self._versions:
-                self._apply_version(version, full or self._chains.get(version) is None)
+            # IPv4 and IPv6 at once: the time is spent waiting for the kernel tools
+            jobs = [self._pool.submit(self._apply_version, v, full or self._chains.get(v) is None)
+                    for v in self._versions]
+            for job in jobs:
+                job.result()
         except KernelError:
             self.stats.failures += 1
             self._chains.clear()  # unknown state: the next attempt writes everything

@@ -30,8 +30,11 @@ TO_ENDPOINT = "WARREN-TW-"    # traffic to one workload interface
 TAG_SET = {4: "warren-v4-", 6: "warren-v6-"}
 TMP_SET = {4: "warren-v4-tmp", 6: "warren-v6-tmp"}  # swap partner while a set is refilled
 
+FROM_BRANCH = "WARREN-FD-"   # a branch of the from-workload dispatch tree
+TO_BRANCH = "WARREN-TD-"     # ... of the to-workload one
+
 # Prefixes of the chains that come and go with profiles and endpoints (stale ones are removed).
-DYNAMIC_CHAIN_PREFIXES = (PROFILE_IN, PROFILE_OUT, FROM_ENDPOINT, TO_ENDPOINT)
+DYNAMIC_CHAIN_PREFIXES = (PROFILE_IN, PROFILE_OUT, FROM_ENDPOINT, TO_ENDPOINT, FROM_BRANCH, TO_BRANCH)
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 _IFACE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
@@ -70,6 +73,13 @@ def from_endpoint_chain(iface: str) -> str:
 
 def to_endpoint_chain(iface: str) -> str:
     return TO_ENDPOINT + check_iface(iface)
+
+
+def dispatch_chain(outbound: bool, key: str) -> str:
+    """The dispatch branch for interfaces whose name goes on with ``key`` after the prefix."""
+    if not _IFACE.match(key):
+        raise ValueError(f"invalid interface name character {key!r}")
+    return (FROM_BRANCH if outbound else TO_BRANCH) + key
 
 
 def is_dynamic_chain(chain: str) -> bool:

@@ -39,7 +39,8 @@ def test_resync_part_at_a_tiny_size(capsys):
     assert summary["kernel"]["rules4"] > 0 and summary["kernel"]["set_entries4"] > 0
     for case in ("empty", "restart"):
         figures = summary[case]
-        assert 0 < figures["load"] < figures["agent"] and 0 < figures["tools"] <= figures["apply"]
+        # tools: summed over the IPv4 and IPv6 writers, which run at once (may exceed apply)
+        assert 0 < figures["load"] < figures["agent"] and 0 < figures["tools"] and 0 < figures["apply"]
         assert figures["floor"] > 0
         assert figures["by_tool"]["iptables-restore"] > 0 and figures["by_tool"]["ip6tables-restore"] > 0
     points = summary["points"]

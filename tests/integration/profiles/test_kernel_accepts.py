@@ -74,7 +74,8 @@ def test_rules_and_sets_load_and_reload(version):
         assert "10.1.1.1" not in members and "fd00::1" not in members
         sets = sh(ns, "ipset", "list", "-n").stdout.split()
         stale = g.stale_sets(sets, second)
-        assert stale == [names.tag_set("db", version)]
+        # db's only member endpoint has no IPv6 address, so IPv6 never had a db set
+        assert stale == ([names.tag_set("db", version)] if version == 4 else [])
         for name in stale:
             sh(ns, "ipset", "destroy", name)
         assert names.TMP_SET[version] not in sets

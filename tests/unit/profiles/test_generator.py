@@ -35,8 +35,8 @@ def test_default_profile_for_one_endpoint_v4():
     text = g.filter_rules([EP], {"web": WEB}, 4)
     lines = text.splitlines()
     assert lines[0] == "*filter" and lines[-1] == "COMMIT"
-    assert declared(text) == [*g.STATIC_CHAINS, "WARREN-FW-wrneeeeeeeeeee", "WARREN-TW-wrneeeeeeeeeee",
-                              PI, PO]
+    assert declared(text) == [*g.STATIC_CHAINS, "WARREN-FD-e", "WARREN-TD-e", "WARREN-FW-wrneeeeeeeeeee",
+                              "WARREN-TW-wrneeeeeeeeeee", PI, PO]
     assert chain(text, g.FORWARD_CHAIN) == ["-i wrn+ -g WARREN-WL-FORWARD", "-o wrn+ -g WARREN-WL-FORWARD"]
     assert chain(text, g.WL_FORWARD) == [
         "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
@@ -46,8 +46,12 @@ def test_default_profile_for_one_endpoint_v4():
         "-o wrn+ -j WARREN-TO-WL",
         "-j ACCEPT"]
     assert chain(text, g.FROM_DISPATCH) == [
+        "-i wrne+ -g WARREN-FD-e",
+        '-m comment --comment "warren: unknown workload interface" -j DROP']
+    assert chain(text, "WARREN-FD-e") == [
         "-i wrneeeeeeeeeee -g WARREN-FW-wrneeeeeeeeeee",
         '-m comment --comment "warren: unknown workload interface" -j DROP']
+    assert chain(text, "WARREN-TD-e")[0] == "-o wrneeeeeeeeeee -g WARREN-TW-wrneeeeeeeeeee"
     assert chain(text, "WARREN-FW-wrneeeeeeeeeee") == [
         "-j MARK --set-xmark 0x0/0x3000000",
         "! -s 10.0.0.5/32 -m comment --comment \"warren: source is not the workload's address\" -j DROP",
@@ -159,6 +163,8 @@ def test_build_is_consistent():
     created = {line.split()[1] for line in rs.ipsets.splitlines() if line.startswith("create ")}
     assert created == rs.sets | {names.TMP_SET[4]}
     assert rs.chains == set(declared(rs.filter))
+    assert g.build([ep], {"db": db, "web": WEB}, {"web": ["fd00::5"]}, 6).sets == set()  # no v6 address
+    ep = g.LocalEndpoint("d", "wrnddddddddddd", ["10.0.0.9"], ["fd00::9"], ["db", "web"])
     v6 = g.build([ep], {"db": db, "web": WEB}, {"web": ["10.0.0.5", "fd00::5"]}, 6)
     assert v6.sets == {names.tag_set("web", 6), names.tag_set("other", 6)}  # the cidr rule is v4-only
     assert "add warren-v6-tmp fd00::5" in v6.ipsets and "10.0.0.5" not in v6.ipsets
@@ -205,9 +211,9 @@ def test_bad_endpoints():
     with pytest.raises(ValueError, match="two endpoints use interface wrneeeeeeeeeee"):
         g.filter_rules([EP, twin], {}, 4)
     with pytest.raises(ValueError, match="invalid interface name"):
-        g.filter_rules([g.LocalEndpoint("x", "wrn with space", [], [], [])], {}, 4)
+        g.filter_rules([g.LocalEndpoint("x", "wrn with space", ["10.0.0.7"], [], [])], {}, 4)
     with pytest.raises(ValueError, match="invalid interface name"):
-        g.filter_rules([g.LocalEndpoint("x", "wrn0123456789abc", [], [], [])], {}, 4)
+        g.filter_rules([g.LocalEndpoint("x", "wrn0123456789abc", ["10.0.0.7"], [], [])], {}, 4)
     with pytest.raises(ValueError, match="invalid address 'nope'"):
         g.filter_rules([g.LocalEndpoint("x", "wrnx", ["nope"], [], [])], {}, 4)
 
@@ -246,10 +252,15 @@ def test_restore_text_rewrites_only_changed_chains_and_deletes_unwanted_ones():
     after = g.chain_rules([EP], {"web": WEB}, 4)
     text = g.restore_text(after, before)
     changed = {g.FROM_DISPATCH, g.TO_DISPATCH}
-    gone = {"WARREN-FW-wrnfffffffffff", "WARREN-TW-wrnfffffffffff"}
+    gone = {"WARREN-FW-wrnfffffffffff", "WARREN-TW-wrnfffffffffff", "WARREN-FD-f", "WARREN-TD-f"}
     assert set(declared(text)) == changed | gone
     assert {line[3:] for line in text.splitlines() if line.startswith("-X ")} == gone
     assert chain(text, g.FROM_DISPATCH) == chain(g.filter_rules([EP], {"web": WEB}, 4), g.FROM_DISPATCH)
+    # a new endpoint in an existing branch rewrites that branch only (and its own two chains)
+    third = g.LocalEndpoint("e1" * 32, "wrnee11111111e", ["10.0.0.7"], [], ["web"])
+    text = g.restore_text(g.chain_rules([EP, third], {"web": WEB}, 4), after)
+    assert set(declared(text)) == {"WARREN-FD-e", "WARREN-TD-e", "WARREN-FW-wrnee11111111e",
+                                   "WARREN-TW-wrnee11111111e"}
     # a chain warren never wrote but finds in the kernel is deleted too, foreign chains never
     text = g.restore_text(after, after, ["WARREN-PI-old-0123456789", "DOCKER-USER"])
     assert declared(text) == ["WARREN-PI-old-0123456789"]
