@@ -28,14 +28,15 @@ LABEL org.opencontainers.image.title="warren-node" \
       org.opencontainers.image.description="Warren node: Docker network and IPAM plugin, BGP speaker" \
       org.opencontainers.image.version="${VERSION}"
 COPY --from=build /opt/warren /opt/warren
-# The entry point maps the image's variables to `node start` flags and, where /proc/sys is the
-# read-only mount Docker gives containers and managed plugins, remounts it writable (possible with
-# CAP_SYS_ADMIN only; without it the node stops with the kernel's error, see docs/packaging.md).
+# The entry point maps the image's variables to `node start` flags and, where the node's procfs
+# (WARREN_PROC_ROOT, default /proc) has the read-only /proc/sys Docker gives containers, remounts it
+# writable (possible with CAP_SYS_ADMIN only; the managed plugin instead mounts the host's
+# /proc/sys/net under WARREN_PROC_ROOT=/host/proc, see docs/packaging.md).
 RUN printf '%s\n' \
         '#!/bin/sh' \
         '# warren-node: entry point of the node image and of the managed plugin (see the Dockerfile).' \
         'set -e' \
-        'if [ ! -w /proc/sys/net/ipv4/ip_forward ]; then' \
+        'if [ ! -w "${WARREN_PROC_ROOT:-/proc}/sys/net/ipv4/ip_forward" ]; then' \
         '    mount -o remount,rw,bind /proc/sys 2>/dev/null \' \
         '        || echo "warren-node: /proc/sys is read-only (needs CAP_SYS_ADMIN or systempaths=unconfined)" >&2' \
         'fi' \

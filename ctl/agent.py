@@ -42,8 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     from bgp.speaker import Speaker
     from datastore import Datastore, EtcdConfig
     from profiles.agent import PolicyAgent
-    logging.basicConfig(filename=os.path.join(args.log_dir, "agent.log"), level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s")
+    from plugin.config import setup_logging
+    setup_logging(os.path.join(args.log_dir, "agent.log"))
     from . import metrics
     store = Datastore(EtcdConfig.from_env())
     store.on_error = lambda kind: metrics.ETCD_ERRORS.labels("agent", kind).inc()

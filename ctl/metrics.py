@@ -30,8 +30,8 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 POLICY_APPLY = Histogram("warren_policy_apply_seconds", "Time to write policy changes to the kernel",
                          ["kind"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
 POLICY_FAILURES = Counter("warren_policy_apply_failures_total", "Policy writes the kernel refused")
-ETCD_ERRORS = Counter("warren_etcd_errors_total", "etcd calls that failed, by process and kind",
-                      ["process", "kind"])
+# one definition for every process (the label says which): the plugin's module owns it
+from plugin.metrics import ETCD_ERRORS  # noqa: E402
 
 
 def parse_addr(text: str) -> tuple[str, int] | None:

@@ -114,8 +114,9 @@ def _start_agent(name: str, paths: dict[str, str], env: dict[str, str], bgp: boo
             "--run-dir", paths["run"], "--log-dir", paths["logs"]] + ([] if bgp else ["--no-bgp"])
     argv += ["--ip", ipv4] if ipv4 else []
     with open(paths["agent_out"], "ab") as out:
-        proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        inherit = env.get("WARREN_LOG_STDERR") == "1"  # foreground: our stdout/stderr
+        proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=None if inherit else out,
+                                stderr=None if inherit else subprocess.STDOUT, start_new_session=True)
     with open(paths["agent_pid"], "w") as f:
         f.write(str(proc.pid))
     return proc.pid
@@ -235,9 +236,13 @@ def _start(name: str, args, ctx, paths: dict[str, str], ipv4: str | None, iface:
     _stop(paths["agent_pid"], AGENT_MARK)  # an agent left from a killed node
     shutil.rmtree(env[MULTIPROC_ENV], ignore_errors=True)  # counters start again with the node
     os.makedirs(env[MULTIPROC_ENV], mode=0o700)
+    if args.foreground:
+        env["WARREN_LOG_STDERR"] = "1"  # the agent logs to its file and to our stderr
     _start_agent(name, paths, env, bgp=not args.no_bgp, lease=lease, ipv4=ipv4)
     if args.foreground:
-        os.execve(argv[0], argv, env)
+        return _foreground(name, paths, argv, env,
+                           lambda: _start_agent(name, paths, env, bgp=not args.no_bgp, ipv4=ipv4,
+                                                lease=claim(ctx.store, Node(name=name, ipv4=ipv4))))
     with open(paths["log"], "ab") as log:
         proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
@@ -249,6 +254,48 @@ def _start(name: str, args, ctx, paths: dict[str, str], ipv4: str | None, iface:
         raise NodeError(f"{exc}; see {paths['log']}") from None
     print(f"Node {name} started: plugin on {args.socket} (pid {proc.pid}), log {paths['log']}")
     return 0
+
+
+def _foreground(name: str, paths: dict[str, str], argv: list[str], env: dict[str, str],
+                restart_agent) -> int:
+    """``node start --foreground``: stay PID 1 (of a container, a plugin, a systemd unit).
+
+    Runs the plugin server as a child and watches both node processes: a
+    dead agent is restarted (with backoff); a dead server ends the node
+    (exit 1: the container or unit restarts). SIGTERM/SIGINT stop it as
+    ``node stop`` does: the agent first (peers withdraw our routes, the
+    liveness lease goes), then the server.
+    """
+    stopping: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, _: stopping.append(signum))
+    signal.signal(signal.SIGINT, lambda signum, _: stopping.append(signum))
+    server_proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL)
+    backoff, next_check = 1.0, time.monotonic() + 1.0
+    while server_proc.poll() is None and not stopping:
+        time.sleep(0.2)
+        if time.monotonic() >= next_check and not _running_pid(paths["agent_pid"], AGENT_MARK):
+            print(f"warren-node {name}: the node agent died; restarting it", file=sys.stderr, flush=True)
+            try:
+                restart_agent()
+                backoff = 1.0
+            except Exception as exc:  # etcd down, name taken...: try again later
+                print(f"warren-node {name}: cannot restart the agent: {exc}", file=sys.stderr, flush=True)
+                backoff = min(backoff * 2, 30.0)
+            next_check = time.monotonic() + backoff
+        elif time.monotonic() >= next_check:
+            next_check = time.monotonic() + 1.0
+    _stop(paths["agent_pid"], AGENT_MARK)
+    if server_proc.poll() is None:
+        server_proc.terminate()
+        try:
+            server_proc.wait(15)
+        except subprocess.TimeoutExpired:
+            server_proc.kill()
+            server_proc.wait()
+    if stopping:
+        return 0
+    print(f"warren-node {name}: the plugin server exited with {server_proc.returncode}", file=sys.stderr)
+    return 1
 
 
 def node_stop(args, ctx) -> int:

@@ -27,7 +27,7 @@ import ipaddress
 import logging
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pyroute2 import IPRoute, NetlinkError
 
@@ -64,7 +64,9 @@ def _prefixlen(address: str) -> int:
 class Dataplane:
     """Veth pairs, routes and sysctls in the namespace this process runs in."""
 
-    proc: str = "/proc"
+    # procfs root for sysctl writes: a managed plugin gets the host's /proc/sys/net bind-mounted
+    # outside /proc (Docker keeps /proc/sys read-only there), see docs/packaging.md
+    proc: str = field(default_factory=lambda: os.environ.get("WARREN_PROC_ROOT") or "/proc")
 
     def ensure_forwarding(self) -> None:
         _write_sysctl(f"{self.proc}/sys/net/ipv4/ip_forward", "1")

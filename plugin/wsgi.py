@@ -37,7 +37,7 @@ from datastore import Datastore, EtcdConfig
 from ipam import Allocator, PoolStore
 
 from .app import create_app
-from .config import PluginConfig
+from .config import PluginConfig, setup_logging
 from .dataplane import Dataplane
 from .ipamdriver import IpamDriver
 from .metrics import ETCD_ERRORS
@@ -48,7 +48,6 @@ from .ports import PortPublisher
 log = logging.getLogger(__name__)
 
 CLIENT_TIMEOUT = 10.0  # s of silence from a client before its connection is dropped
-LOG_FORMAT = "%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"
 
 
 def build(config: PluginConfig, store: Datastore, dataplane: Dataplane,
@@ -72,7 +71,7 @@ def build(config: PluginConfig, store: Datastore, dataplane: Dataplane,
 
 
 def create() -> Flask:
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    setup_logging(None)
     config = PluginConfig.from_env()
     dataplane = Dataplane()
     dataplane.ensure_forwarding()
@@ -149,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pid", required=True, help="pid file, removed on exit")
     ap.add_argument("--log", help="log file (default: stderr)")
     args = ap.parse_args(argv)
-    logging.basicConfig(filename=args.log, level=logging.INFO, format=LOG_FORMAT)
+    setup_logging(args.log)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
     try:
         return serve(args.socket, args.pid)

@@ -49,7 +49,7 @@ from .store import ProfileExists, ProfileStore
 log = logging.getLogger(__name__)
 
 PREFIXES = (keys.ENDPOINTS, keys.NETWORKS, keys.PROFILES)
-RETRY_MIN, RETRY_MAX = 0.5, 10.0
+RETRY_MIN, RETRY_MAX = 0.5, 2.0  # short: endpoints made right after an outage wait for our resync
 JUMP_CHECK = 10.0  # seconds between checks that the parent jumps are still first
 
 
