@@ -30,9 +30,9 @@ Three parts (``--parts``, default all), each against a baseline measured in the 
 3. **dataplane** (the same lab): a warren network with a container on each host;
    ``--profiles`` profiles and ``--endpoints`` extra endpoint records per host
    (records only: addresses outside every pool, no veths), so both agents'
-   chains are full size. Record ids start with "000", so the containers'
-   interfaces sort last in the dispatch chains (the worst case for a new flow,
-   reproducible). TCP connect time with the policy in place is taken at the
+   chains are full size. Record ids are hex digests, spread like Docker's
+   endpoint ids over the 16 branches of the dispatch tree (so a container's
+   interface shares its branch with ~1/16 of them, as on a real host). TCP connect time with the policy in place is taken at the
    almost empty and at the full configuration (context: a flow's first packet
    walks the dispatch chains). Then both agents are killed (-9) so they cannot
    put the jumps back (their rules stay), and per round, with the policy's parent
@@ -132,10 +132,9 @@ def endpoint_profiles(i: int, profiles: int) -> list[str]:
 
 
 def endpoint_id(host: str, i: int) -> str:
-    """Stable ids starting with "000": a record's interface (wrn + 11 characters of the id) sorts
-    before a Docker endpoint's, so a container's rule comes last in the dispatch chains (the
-    worst case for a new flow, and the same in every run)."""
-    return "000" + hashlib.sha256(f"bench-policy/{host}/{i}".encode()).hexdigest()[3:]
+    """Stable hex ids, spread like Docker's endpoint ids over the dispatch tree's branches
+    (the same in every run)."""
+    return hashlib.sha256(f"bench-policy/{host}/{i}".encode()).hexdigest()
 
 
 def bench_endpoints(host: str, count: int, base: str, profiles: int, start: int = 0) -> list[Endpoint]:
@@ -287,7 +286,12 @@ def timed_resync(store, node: str) -> tuple[dict, list]:
     return ({"total": t2 - t0, "load": t1 - t0, "apply": t2 - t1, "tools": tools,
              "restores": sum(s for _, s, _ in restores), "calls": len(kernel.calls), "by_tool": by_tool,
              "text_lines": sum(t.count("\n") for _, _, t in restores)},
-            [(argv, text) for argv, _, text in restores])
+            # the agent writes IPv4 and IPv6 concurrently: keep each family's order, IPv4 first
+            sorted(((argv, text) for argv, _, text in restores), key=lambda c: _family(*c)))
+
+
+def _family(argv: list[str], text: str) -> int:
+    return 6 if argv[0].startswith("ip6tables") or "family inet6" in text else 4
 
 
 def helper_resync(args: list[str]) -> int:
