@@ -14,6 +14,7 @@ import argparse
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -270,6 +271,12 @@ def _foreground(name: str, paths: dict[str, str], argv: list[str], env: dict[str
     signal.signal(signal.SIGTERM, lambda signum, _: stopping.append(signum))
     signal.signal(signal.SIGINT, lambda signum, _: stopping.append(signum))
     server_proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL)
+    socket_path = env["WARREN_PLUGIN_SOCKET"]
+    try:
+        server.wait_ready(socket_path, alive=lambda: server_proc.poll() is None and not stopping)
+        _sd_notify("READY=1")  # a Type=notify unit: docker.service may start now
+    except RuntimeError as exc:
+        print(f"warren-node {name}: {exc}", file=sys.stderr, flush=True)
     backoff, next_check = 1.0, time.monotonic() + 1.0
     while server_proc.poll() is None and not stopping:
         time.sleep(0.2)
@@ -296,6 +303,20 @@ def _foreground(name: str, paths: dict[str, str], argv: list[str], env: dict[str
         return 0
     print(f"warren-node {name}: the plugin server exited with {server_proc.returncode}", file=sys.stderr)
     return 1
+
+
+def _sd_notify(state: str) -> None:
+    """Tell systemd (``$NOTIFY_SOCKET``, when a unit runs us) our state; a no-op elsewhere."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]  # abstract namespace
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.sendto(state.encode(), address)
+        except OSError as exc:
+            print(f"warren-node: cannot notify systemd: {exc}", file=sys.stderr)
 
 
 def node_stop(args, ctx) -> int:

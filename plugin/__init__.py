@@ -5,5 +5,5 @@
 * :mod:`plugin.ipamdriver` - Docker pools/addresses on Warren IPAM (domain)
 * :mod:`plugin.dataplane`  - veth pairs, /32 routes, proxy ARP (pyroute2)
 * :mod:`plugin.reconcile`  - kernel vs etcd at start-up
-* :mod:`plugin.wsgi`       - the gunicorn entry point
+* :mod:`plugin.wsgi`       - the plugin server (one process, a thread per request)
 """

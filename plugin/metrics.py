@@ -1,6 +1,6 @@
 """Prometheus metrics of the plugin process (served by the node agent's exporter).
 
-The plugin runs under gunicorn, so its metrics use prometheus_client's
+The plugin server is its own process, so its metrics use prometheus_client's
 multiprocess mode: ``warrenctl node start`` sets ``PROMETHEUS_MULTIPROC_DIR``
 to a per-node directory before any node process starts, each process writes
 its samples there, and the node agent's exporter (``ctl.metrics``) sums

@@ -41,12 +41,6 @@ def server_argv(socket_path: str, pidfile: str, logfile: str) -> list[str]:
             "--log", logfile]
 
 
-def gunicorn_argv(socket_path: str, pidfile: str, logfile: str, threads: int = 8) -> list[str]:
-    """Former name of :func:`server_argv`, kept while callers move over (no gunicorn runs:
-    ``threads`` is ignored, the server starts a thread per connection)."""
-    return server_argv(socket_path, pidfile, logfile)
-
-
 def wait_ready(socket_path: str, alive, timeout: float = 20.0) -> None:
     """Wait until the socket answers Plugin.Activate; ``alive()`` False aborts."""
     deadline = time.monotonic() + timeout

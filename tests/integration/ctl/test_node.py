@@ -1,4 +1,4 @@
-"""`warrenctl node` for real: gunicorn on a socket, in a namespace the test made."""
+"""`warrenctl node` for real: the plugin server on a socket, in a namespace the test made."""
 from __future__ import annotations
 
 import os
@@ -145,3 +145,52 @@ def test_node_start_foreground_serves_until_stopped(host):
         proc.terminate()
         proc.wait(15)
     assert proc.returncode is not None
+
+
+def test_foreground_node_notifies_supervises_and_stops_cleanly(host, tmp_path):
+    """What a systemd unit or a container gets: READY=1 once the socket answers, a dead agent
+    restarted, and SIGTERM stopping the agent, then the server, with exit 0."""
+    import socket as socketlib
+    ns, env, sock = host
+    notify = str(tmp_path / "notify.sock")
+    listener = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_DGRAM)
+    listener.bind(notify)
+    listener.settimeout(60)
+    proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "ctl.main", "node", "start",
+                             "--name", "t1", "--socket", sock, "--no-bgp", "--foreground"],
+                            env=dict(env, NOTIFY_SOCKET=notify), cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert listener.recv(100) == b"READY=1"
+        assert ok(sock, "Plugin.Activate")["Implements"]
+        agent_pid = int((tmp_path / "run" / "t1" / "agent.pid").read_text())
+        os.kill(agent_pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while int((tmp_path / "run" / "t1" / "agent.pid").read_text()) == agent_pid:
+            assert time.monotonic() < deadline, "the agent was not restarted"
+            time.sleep(0.2)
+        shown = warrenctl(ns, env, "node", "show", "--json").stdout
+        assert '"alive": true' in shown
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert not os.path.exists(sock)
+        new_agent = int((tmp_path / "run" / "t1" / "agent.pid").read_text())
+        deadline = time.monotonic() + 10
+        while _live(new_agent):  # gone, or a zombie waiting for init to reap it
+            assert time.monotonic() < deadline, "the agent outlived the node"
+            time.sleep(0.2)
+        assert '"alive": false' in warrenctl(ns, env, "node", "show", "--json").stdout
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        listener.close()
+
+
+def _live(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

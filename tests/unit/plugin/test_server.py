@@ -88,4 +88,3 @@ def test_sigterm_finishes_the_request_in_flight_then_cleans_up(tmp_path):
 def test_server_argv_names_the_module_node_stop_looks_for():
     argv = server.server_argv("/run/p.sock", "/run/p.pid", "/log/p.log")
     assert argv[1:4] == ["-m", "plugin.wsgi", "--socket"] and b"plugin.wsgi" in " ".join(argv).encode()
-    assert server.gunicorn_argv("/run/p.sock", "/run/p.pid", "/log/p.log") == argv
