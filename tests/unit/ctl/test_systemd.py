@@ -13,6 +13,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -77,11 +78,59 @@ def etcd():
 def test_node_unit_runs_the_node_in_the_foreground(node):
     argv = exec_argv(node)
     assert argv[0] == "/opt/warren/venv/bin/warrenctl" and argv[1:4] == ["node", "start", "--foreground"]
-    assert exec_argv(node, "ExecStop")[1:] == ["node", "stop"]
-    # gunicorn runs in the ExecStart process (exec) and tells systemd when its socket is bound.
-    assert node["Service"]["Type"] == ["notify"] and node["Service"]["NotifyAccess"] == ["main"]
-    assert node["Service"]["Restart"] == ["on-failure"]
+    assert node["Service"]["Type"] == ["exec"] and node["Service"]["Restart"] == ["on-failure"]
+    # The foreground node stops its agent, then its server, on SIGTERM: only it gets the signal.
+    assert node["Service"]["KillMode"] == ["mixed"] and "ExecStop" not in node["Service"]
     assert node["Service"]["EnvironmentFile"] == ["-/etc/warren/warren.env"]
+
+
+def test_node_unit_is_started_only_when_the_plugin_answers(node, tmp_path):
+    """ExecStartPost waits for Plugin.Activate on the socket: run it against a real one."""
+    import http.server
+    import json
+    import socketserver
+    import threading
+
+    argv = exec_argv(node, "ExecStartPost")
+    assert argv[0] == "/opt/warren/venv/bin/python" and argv[1] == "-c"
+    code = argv[2]
+    sock = str(tmp_path / "warren.sock")
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.dumps({"Implements": ["NetworkDriver", "IpamDriver"]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+        daemon_threads = True
+
+        def get_request(self):
+            request, _ = super().get_request()
+            return request, ("local", 0)
+
+    def ready(mainpid: int, timeout: float = 30) -> subprocess.CompletedProcess:
+        # systemd gives ExecStartPost the main process's PID in $MAINPID.
+        env = dict(os.environ, WARREN_PLUGIN_SOCKET=sock, PYTHONPATH=REPO, MAINPID=str(mainpid))
+        return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                              timeout=timeout, cwd=REPO)
+
+    # The main process is gone and nothing answers: fails at once, does not wait 55 s.
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    assert ready(dead.pid).returncode != 0
+    server = Server(sock, Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert ready(os.getpid()).returncode == 0
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_node_unit_starts_before_docker_and_after_etcd(node):
