@@ -23,8 +23,11 @@ import queue
 import threading
 from typing import Callable, Iterable, Iterator, TypeVar
 
-import etcd3
-import etcd3.exceptions
+# gRPC's C core would print every failed TLS handshake to stderr: errors reach users as one line
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+import etcd3  # noqa: E402  (after GRPC_VERBOSITY)
+import etcd3.exceptions  # noqa: E402
 import etcd3.transactions as etx
 import etcd3.utils
 import grpc
@@ -38,6 +41,12 @@ from .ops import (KV, Compare, Delete, Get, GetPrefix, ModRevisionIs, Op, Put,
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# HTTP/2 keepalive: a watch on a member that hangs (SIGSTOP, a dead link) ends within ~15 s
+# instead of never, so its reader resyncs from another member.
+KEEPALIVE = [("grpc.keepalive_time_ms", 10000), ("grpc.keepalive_timeout_ms", 5000),
+             ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_pings_without_data", 0),
+             ("grpc.http2.ping_timeout_ms", 5000)]
 
 # etcd refuses transactions with more operations than this (--max-txn-ops).
 MAX_TXN_OPS = 128
@@ -92,7 +101,8 @@ class Datastore:
                               cert_cert=self.config.cert)
             host = endpoint.host if ":" not in endpoint.host else f"[{endpoint.host}]"
             self._client = etcd3.Etcd3Client(host=host, port=endpoint.port,
-                                             timeout=self.config.timeout, **kwargs)
+                                             timeout=self.config.timeout, grpc_options=KEEPALIVE,
+                                             **kwargs)
             self._pid = os.getpid()
             return self._client
 

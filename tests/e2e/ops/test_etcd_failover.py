@@ -231,9 +231,6 @@ def test_a_hung_member_costs_no_operation(cluster):
     assert pings(cluster, "host1", "fo-src", DST_IP)
 
 
-@pytest.mark.xfail(strict=True, reason="datastore: an etcd watch on a hung member never ends (no gRPC "
-                   "keepalive); a process with no other etcd call to time out (the BGP API process) stops "
-                   "seeing new blocks; see the report of issue 6 (etcd failover)")
 def test_watches_survive_a_hung_member(cluster):
     """A node whose watches are all on one member (freshly started: the first endpoint)
     must notice when that member hangs: a container it starts afterwards, in a block it

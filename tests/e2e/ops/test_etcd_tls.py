@@ -118,8 +118,6 @@ def test_a_node_with_a_wrong_ca_fails_clearly(tls_lab, wrong_ca):
     assert "wrongca" not in ctl(tls_lab, "host1", "node", "show").stdout   # nothing was registered
 
 
-@pytest.mark.xfail(strict=True, reason="datastore: gRPC's C core logs each failed TLS handshake to stderr "
-                   "(set GRPC_VERBOSITY=ERROR before grpc is imported); see the report of issue 6")
 def test_a_wrong_ca_is_one_line_on_stderr(tls_lab, wrong_ca):
     res = warrenctl(tls_lab, "host1", "pool", "show", env={"WARREN_ETCD_CA": wrong_ca, "WARREN_ETCD_TIMEOUT": "3"})
     one_line_error(res)
