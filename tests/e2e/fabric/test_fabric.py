@@ -233,7 +233,8 @@ def test_etcd_outage_keeps_routes_and_sessions_then_recovers(lab):
     finally:
         lab.start_etcd()
     run(lab, "host2", "after", "net54", "--ip", "10.20.54.210")   # allocation works again at once
-    assert pings(lab, "host1", "src", "10.20.54.210")
+    # the policy agents resync after their etcd retry (at most 2 s apart): then it is reachable
+    wait_for(lambda: pings(lab, "host1", "src", "10.20.54.210"), 15, step=0.3)
     ctl(lab, "host2", "pool", "add", "10.20.55.0/24")               # the nodes' watches resumed:
     for host in ("host1", "host2"):                                 # a new pool's block propagates
         dk(lab, host, "network", "create", "-d", "warren", "--ipam-driver", "warren",
