@@ -97,11 +97,27 @@ class Path:
                 self.proc.wait()
 
 
+# What dockerd puts in every container's namespace on a user-defined network (its embedded DNS at
+# 127.0.0.11): a nat table, so conntrack and nat hooks run there for every packet. The hand-built
+# "containers" get the same rules (unless --no-docker-dns), so the baseline is a Docker container's path.
+DOCKER_DNS_NAT = """*nat
+:DOCKER_OUTPUT - [0:0]
+:DOCKER_POSTROUTING - [0:0]
+-A OUTPUT -d 127.0.0.11/32 -j DOCKER_OUTPUT
+-A POSTROUTING -d 127.0.0.11/32 -j DOCKER_POSTROUTING
+-A DOCKER_OUTPUT -d 127.0.0.11/32 -p tcp -m tcp --dport 53 -j DNAT --to-destination 127.0.0.11:39875
+-A DOCKER_OUTPUT -d 127.0.0.11/32 -p udp -m udp --dport 53 -j DNAT --to-destination 127.0.0.11:44811
+-A DOCKER_POSTROUTING -s 127.0.0.11/32 -p tcp -m tcp --sport 39875 -j SNAT --to-source :53
+-A DOCKER_POSTROUTING -s 127.0.0.11/32 -p udp -m udp --sport 44811 -j SNAT --to-source :53
+COMMIT
+"""
+
+
 class HandBuilt:
     """The hand-made container path: two namespaces of ours off host1 and host2."""
 
-    def __init__(self, lab, encap: str, tag: str):
-        self.lab, self.encap, self.tag = lab, encap, tag
+    def __init__(self, lab, encap: str, tag: str, docker_dns: bool = True):
+        self.lab, self.encap, self.tag, self.docker_dns = lab, encap, tag, docker_dns
         self.netns = [f"wbd{tag}{encap[0]}{i}" for i in (1, 2)]
         self.veth = [f"hb{tag}{encap[0]}{i}" for i in (1, 2)]
         self.vxlan = f"hbvx{tag}"
@@ -132,6 +148,9 @@ class HandBuilt:
             sh(["ip", "-n", ns, "addr", "add", f"{addr}/32", "dev", "eth0"])
             sh(["ip", "-n", ns, "route", "add", GATEWAY, "dev", "eth0", "scope", "link"])
             sh(["ip", "-n", ns, "route", "add", "default", "via", GATEWAY, "dev", "eth0"])
+            if self.docker_dns:
+                subprocess.run(["ip", "netns", "exec", ns, "iptables-restore"], input=DOCKER_DNS_NAT,
+                               text=True, check=True, capture_output=True)
         for i in (0, 1):
             j = 1 - i
             if self.encap == "native":
@@ -277,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--duration", type=int, default=3, help="seconds per iperf3 run (plus 1 s omitted)")
     ap.add_argument("--pings", type=int, default=200)
+    ap.add_argument("--no-docker-dns", action="store_true",
+                    help="leave the hand-built namespaces without Docker's embedded-DNS nat table")
     ap.add_argument("--quiet", type=float, default=0.0, metavar="PCT",
                     help="before each cell wait until other work keeps the CPUs less than PCT %% busy "
                          "(at most --quiet-wait s; 0: do not wait)")
@@ -307,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
                           in_netns(host_netns(lab, "host2"), []), h2.ipv4))
         unavailable = {}
         for encap in encaps:
-            hb = HandBuilt(lab, encap, tag)
+            hb = HandBuilt(lab, encap, tag, docker_dns=not args.no_docker_dns)
             hand.append(hb)
             hb.build()
             paths.append(hb.path())
