@@ -45,9 +45,16 @@ def _usage_error(message: str) -> CliError:
 
 
 def _interface(words: list[str]) -> tuple[list[str], str | None]:
+    """Split off ``--interface=IFACE`` (or ``--interface IFACE``)."""
     rest, interface = [], None
-    for word in words:
-        if word.startswith("--interface="):
+    words = list(words)
+    while words:
+        word = words.pop(0)
+        if word == "--interface":
+            if not words or words[0].startswith("--"):
+                raise _usage_error("--interface needs a name, such as eth1")
+            interface = words.pop(0)
+        elif word.startswith("--interface="):
             interface = word.split("=", 1)[1]
             if not interface:
                 raise _usage_error("--interface needs a name, such as eth1")

@@ -1,6 +1,6 @@
 """``warrenctl endpoint ...``: calicoctl v0.x's endpoint commands.
 
-    warrenctl endpoint show [--host=<HOST>] [--detailed]
+    warrenctl endpoint show [--host=<HOST> | --host <HOST>] [--detailed]
     warrenctl endpoint <ENDPOINT_ID> profile (append|remove|set) <PROFILES>...
     warrenctl endpoint <ENDPOINT_ID> profile show
 
@@ -75,10 +75,14 @@ def profile_words(workloads: WorkloadStore, profiles: ProfileStore, endpoint: En
 
 def _show(flags: list[str], ctx) -> int:
     host, detailed = None, False
-    for flag in flags:
+    flags = list(flags)
+    while flags:
+        flag = flags.pop(0)
         if flag == "--detailed":
             detailed = True
-        elif flag.startswith("--host="):
+        elif flag == "--host" and flags and not flags[0].startswith("--"):
+            host = flags.pop(0)
+        elif flag.startswith("--host=") and len(flag) > len("--host="):
             host = flag.split("=", 1)[1]
         else:
             raise _usage_error(f"endpoint show takes --host=<HOST> and --detailed, not {flag!r}")

@@ -26,6 +26,7 @@ def test_show(ctl, store):
     assert detailed[1] == ["h1", "network web", A.id[:12], A.iface, "10.0.0.1", A.mac, "web"]
     assert len(detailed) == 2
     assert rows(ok(ctl("endpoint", "show", "--detailed", "--host=h2")))[1][1] == f"container {'c' * 12}"
+    assert rows(ok(ctl("endpoint", "show", "--host", "h2", "--detailed")))[1][1] == f"container {'c' * 12}"
 
 
 def test_profile_verbs_start_from_the_networks_profile(ctl, store):
