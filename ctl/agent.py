@@ -27,6 +27,7 @@ import threading
 log = logging.getLogger("warren.agent")
 
 HOST_POLICY_ENV = "WARREN_WORKLOAD_TO_HOST"  # drop (default) | accept
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # every node process writes its metric samples there
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
                          observe=metrics.observe_policy)
     try:
         metrics.serve(store, args.node, os.environ.get(metrics.ADDR_ENV, metrics.DEFAULT_ADDR),
-                      os.environ.get(metrics.MULTIPROC_ENV))
+                      os.environ.get(MULTIPROC_ENV))
     except (OSError, ValueError) as exc:  # the node works without its metrics
         log.error("metrics exporter not started: %s", exc)
     threads = [threading.Thread(target=policy.run, args=(stop,), name="policy", daemon=True),

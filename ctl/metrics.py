@@ -25,7 +25,6 @@ log = logging.getLogger(__name__)
 
 ADDR_ENV = "WARREN_METRICS_ADDR"
 DEFAULT_ADDR = "127.0.0.1:9091"
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 POLICY_APPLY = Histogram("warren_policy_apply_seconds", "Time to write policy changes to the kernel",
                          ["kind"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))

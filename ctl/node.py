@@ -32,9 +32,7 @@ from plugin.networks import NetworkDriver
 from plugin.ports import PortPublisher
 from plugin.reconcile import reconcile
 
-from .agent import HOST_POLICY_ENV
-
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # ctl.metrics: every node process writes its samples there
+from .agent import HOST_POLICY_ENV, MULTIPROC_ENV
 from .bgpcmd import add_peer_commands
 from .output import as_json, table
 from .status import node_status
@@ -280,17 +278,19 @@ def _foreground(name: str, paths: dict[str, str], argv: list[str], env: dict[str
     backoff, next_check = 1.0, time.monotonic() + 1.0
     while server_proc.poll() is None and not stopping:
         time.sleep(0.2)
-        if time.monotonic() >= next_check and not _running_pid(paths["agent_pid"], AGENT_MARK):
-            print(f"warren-node {name}: the node agent died; restarting it", file=sys.stderr, flush=True)
-            try:
-                restart_agent()
-                backoff = 1.0
-            except Exception as exc:  # etcd down, name taken...: try again later
-                print(f"warren-node {name}: cannot restart the agent: {exc}", file=sys.stderr, flush=True)
-                backoff = min(backoff * 2, 30.0)
+        if time.monotonic() < next_check:
+            continue
+        next_check = time.monotonic() + 1.0
+        if _running_pid(paths["agent_pid"], AGENT_MARK):
+            continue
+        print(f"warren-node {name}: the node agent died; restarting it", file=sys.stderr, flush=True)
+        try:
+            restart_agent()
+            backoff = 1.0
+        except Exception as exc:  # etcd down, name taken...: try again later
+            print(f"warren-node {name}: cannot restart the agent: {exc}", file=sys.stderr, flush=True)
+            backoff = min(backoff * 2, 30.0)
             next_check = time.monotonic() + backoff
-        elif time.monotonic() >= next_check:
-            next_check = time.monotonic() + 1.0
     _stop(paths["agent_pid"], AGENT_MARK)
     if server_proc.poll() is None:
         server_proc.terminate()

@@ -34,7 +34,7 @@ from ipam.workloads import Endpoint, WorkloadStore
 
 from .dataplane import Dataplane, DataplaneError, workload_mtu
 from .errors import PluginError
-from .networks import _mac_for
+from .networks import mac_for
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ class ContainerEndpoints:
         address = got.address
         v6 = ipaddress.ip_address(address).version == 6
         endpoint = Endpoint(id=eid, network="", host=self.host, ipv4=[] if v6 else [address],
-                            ipv6=[address] if v6 else [], mac=_mac_for(eid), mtu=self._mtu(got.pool),
+                            ipv6=[address] if v6 else [], mac=mac_for(eid), mtu=self._mtu(got.pool),
                             sandbox=container.netns, container=container.id, ifname=interface,
                             profiles=[])
         try:

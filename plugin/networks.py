@@ -36,7 +36,7 @@ TOLERATED = {"com.docker.network.enable_ipv6", GENERIC}
 PORTMAP = "com.docker.network.portmap"
 
 
-def _mac_for(endpoint_id: str) -> str:
+def mac_for(endpoint_id: str) -> str:
     """A stable, locally administered unicast MAC derived from the endpoint id."""
     digest = hashlib.sha256(endpoint_id.encode()).digest()
     return ":".join(f"{b:02x}" for b in (0x02,) + tuple(digest[:5]))
@@ -121,7 +121,7 @@ class NetworkDriver:
         mtu = network.mtu or self._derived_mtu(network)
         endpoint = Endpoint(id=endpoint_id, network=network_id, host=self.host,
                             ipv4=[v4] if v4 else [], ipv6=[v6] if v6 else [],
-                            mac=given_mac or _mac_for(endpoint_id), mtu=mtu)
+                            mac=given_mac or mac_for(endpoint_id), mtu=mtu)
         self._save(endpoint)
         return {} if given_mac else {"Interface": {"MacAddress": endpoint.mac}}
 
