@@ -6,6 +6,7 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -30,6 +31,16 @@ def lab_fixture(prefix: str, hosts: int, node: bool = True):
         finally:
             lab.down()
     return lab
+
+
+def wait_for(predicate, timeout: float, step: float = 0.05, what: str = "") -> float:
+    """Seconds until ``predicate()`` held; the test fails after ``timeout``."""
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            pytest.fail(f"{what or 'condition'} not met within {timeout}s")
+        time.sleep(step)
+    return time.monotonic() - start
 
 
 def dk(lab, host, *args, check=True, timeout=120) -> subprocess.CompletedProcess:

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tests.e2e.helpers import E2E, lab_fixture, address, ctl, dk, pings, remove_all, run, underlay
+from tests.e2e.helpers import E2E, lab_fixture, address, ctl, dk, pings, remove_all, run, underlay, wait_for
 
 pytestmark = E2E
 
@@ -34,16 +34,6 @@ def bgp_routes(lab, host, via: str | None = None) -> list[str]:
     routes = lab.exec(host, ["ip", "route", "show", "proto", "81"]).stdout.splitlines()
     routes += lab.exec(host, ["ip", "-6", "route", "show", "proto", "81"]).stdout.splitlines()
     return [r for r in routes if via is None or f"via {via} " in r]
-
-
-def wait_for(predicate, timeout: float, step: float = 0.05) -> float:
-    """Seconds until ``predicate()`` held; fails after ``timeout``."""
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            pytest.fail(f"condition not met within {timeout}s")
-        time.sleep(step)
-    return time.monotonic() - start
 
 
 def node_start(lab, host, env=()):

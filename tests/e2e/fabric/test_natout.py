@@ -26,7 +26,7 @@ import pytest
 from bgp.natout import ALL_POOLS, CHAIN, MASQ_POOLS
 from ctl.lab import Lab
 from ctl.lab import net as labnet
-from tests.e2e.helpers import E2E, REPO, address, ctl, dk, pings, remove_all, run
+from tests.e2e.helpers import E2E, REPO, address, ctl, dk, pings, remove_all, run, wait_for
 
 pytestmark = E2E
 
@@ -116,10 +116,10 @@ def networks(lab) -> None:
         dk(lab, host, "network", "create", "-d", "warren", "--ipam-driver", "warren",
            "--subnet", PLAIN_POOL, "plainnet")
         wait_for(lambda: NAT_POOL in members(lab, host, MASQ_POOLS[4])
-                 and PLAIN_POOL in members(lab, host, ALL_POOLS[4]), 20, what=f"{host}'s ipsets")
+                 and PLAIN_POOL in members(lab, host, ALL_POOLS[4]), 20, step=0.2, what=f"{host}'s ipsets")
     # the two networks are isolated by their default profiles: let natnet reach plainnet's server
     wait_for(lambda: ctl(lab, "host1", "profile", "plainnet", "rule", "show", check=False).returncode == 0,
-             20, what="the agents created plainnet's profile")
+             20, step=0.2, what="the agents created plainnet's profile")
     ctl(lab, "host1", "profile", "plainnet", "rule", "add", "inbound", "allow", "tcp", "to", "ports",
         str(PORT), "from", "tag", "natnet")
 
@@ -140,15 +140,6 @@ def clean_networks(lab) -> Iterator[None]:
 
 
 # -- helpers ---------------------------------------------------------------------------
-
-def wait_for(predicate: Callable[[], bool], timeout: float, step: float = 0.2, what: str = "") -> float:
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            pytest.fail(f"{what or 'condition'} not met within {timeout}s")
-        time.sleep(step)
-    return time.monotonic() - start
-
 
 def members(lab, host: str, ipset: str) -> set[str]:
     out = lab.exec(host, ["ipset", "list", ipset]).stdout
@@ -246,8 +237,8 @@ def test_pool_changes_reach_every_node(lab, networks):
     ctl(lab, "host1", "pool", "add", extra, "--nat-outgoing")
     for host in HOSTS:
         wait_for(lambda: extra in members(lab, host, MASQ_POOLS[4]) and extra in members(lab, host, ALL_POOLS[4]),
-                 10, what=f"{extra} in {host}'s ipsets")
+                 10, step=0.2, what=f"{extra} in {host}'s ipsets")
     ctl(lab, "host2", "pool", "remove", extra)
     for host in HOSTS:
-        wait_for(lambda: extra not in members(lab, host, ALL_POOLS[4]), 10, what=f"{extra} gone on {host}")
+        wait_for(lambda: extra not in members(lab, host, ALL_POOLS[4]), 10, step=0.2, what=f"{extra} gone on {host}")
         assert members(lab, host, MASQ_POOLS[4]) == {NAT_POOL}

@@ -22,7 +22,7 @@ import time
 import pytest
 
 from ctl.lab import IMAGE
-from tests.e2e.helpers import E2E, address, ctl, dk, lab_fixture, pings, remove_all, run, underlay
+from tests.e2e.helpers import E2E, address, ctl, dk, lab_fixture, pings, remove_all, run, underlay, wait_for
 
 pytestmark = E2E
 
@@ -41,11 +41,7 @@ def clean(lab):
 
 
 def eventually(probe, timeout: float = 20.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not probe():
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout}s: {what}")
-        time.sleep(0.3)
+    wait_for(probe, timeout, step=0.3, what=what)
 
 
 def fetch(lab, host: str, container: str, target: str, port: int) -> str:
