@@ -135,7 +135,7 @@ def show_version(args, ctx) -> int:
         except PackageNotFoundError:
             return "not installed"
     print(f"warren {v('warren')}")
-    for dep in ("exabgp", "etcd3", "pyroute2", "flask", "prometheus_client"):
+    for dep in ("exabgp", "pyroute2", "flask", "prometheus_client"):
         print(f"  {dep} {v(dep)}")
     return 0
 

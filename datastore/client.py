@@ -2,9 +2,14 @@
 
 Design:
 
-* **One connection per process, made lazily.** A gRPC channel does not
-  survive ``fork()``, so the channel is created on first use and re-created
-  when the process id changes (gunicorn workers, multiprocessing).
+* **HTTP/JSON, not gRPC.** etcd's v3 gateway (:mod:`datastore.wire` for the
+  connections, :mod:`datastore.gateway` for the JSON shapes) gives the same
+  operations, transactions, leases and watches without grpcio and protobuf
+  in every process (the node's memory, see bench/memory.py).
+* **Connections per process, made lazily.** Each member has a small pool of
+  keep-alive connections, created on first use and dropped when the process
+  id changes (a forked child never shares its parent's sockets). The hot
+  path (one IPAM transaction) is one HTTP round trip.
 * **Failover.** The configured members are tried in order; a connection
   failure or timeout moves to the next member and retries the call there.
   Only when every member failed does the caller see
@@ -12,69 +17,30 @@ Design:
   what went wrong. Every call carries the configured timeout, so nothing
   hangs. (A timed-out write may still have been applied; every write Warren
   makes is a compare-and-swap, so a retry cannot apply it twice.)
-* **Neutral operations.** Callers speak :mod:`datastore.ops`; etcd3 types
-  never leave this module.
+* **Neutral operations.** Callers speak :mod:`datastore.ops`; the wire's
+  JSON never leaves this package.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
-import queue
 import threading
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import Callable, Iterable, TypeVar
 
-# gRPC's C core would print every failed TLS handshake to stderr: errors reach users as one line
-os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-
-import etcd3  # noqa: E402  (after GRPC_VERBOSITY)
-import etcd3.exceptions  # noqa: E402
-import etcd3.transactions as etx
-import etcd3.utils
-import grpc
-from etcd3 import etcdrpc
-
+from . import gateway
 from .config import EtcdConfig
 from .errors import DatastoreError, DatastoreUnavailable
-from .ops import (KV, Compare, Delete, Get, GetPrefix, ModRevisionIs, Op, Put,
-                  Range, TxnResult, UnchangedSince, WatchEvent)
+from .ops import KV, Compare, Delete, Get, ModRevisionIs, Op, Put, Range, TxnResult
+from .watch import Watch
+from .wire import Member, Refused, Unreachable, decode_error, tls_context
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# HTTP/2 keepalive: a watch on a member that hangs (SIGSTOP, a dead link) ends within ~15 s
-# instead of never, so its reader resyncs from another member.
-KEEPALIVE = [("grpc.keepalive_time_ms", 10000), ("grpc.keepalive_timeout_ms", 5000),
-             ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_pings_without_data", 0),
-             ("grpc.http2.ping_timeout_ms", 5000)]
-
 # etcd refuses transactions with more operations than this (--max-txn-ops).
 MAX_TXN_OPS = 128
-
-_UNAVAILABLE = (etcd3.exceptions.ConnectionFailedError,
-                etcd3.exceptions.ConnectionTimeoutError)
-_UNAVAILABLE_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-
-
-def _reason(exc: BaseException) -> str:
-    """A one-line reason from an etcd3/gRPC exception (gRPC detail if any)."""
-    for candidate in (exc, exc.__context__, exc.__cause__):
-        if isinstance(candidate, grpc.RpcError):
-            try:
-                detail = candidate.details() or str(candidate.code())
-            except Exception:  # pragma: no cover - defensive
-                detail = str(candidate)
-            return detail.splitlines()[0] if detail else "no detail"
-    return str(exc) or exc.__class__.__name__
-
-
-def _range_end(prefix: str) -> bytes:
-    return etcd3.utils.increment_last_byte(etcd3.utils.to_bytes(prefix))
-
-
-def _kv(kv) -> KV:
-    """etcd's mvccpb.KeyValue -> KV."""
-    return KV(kv.key.decode(), kv.value, kv.mod_revision, kv.create_revision, kv.version)
 
 
 class Datastore:
@@ -83,63 +49,52 @@ class Datastore:
     def __init__(self, config: EtcdConfig):
         self.config = config
         self._lock = threading.Lock()
-        self._client: etcd3.Etcd3Client | None = None
+        self._members: list[Member] | None = None
         self._pid: int | None = None
+        self._context = None
         self._index = 0
         self.on_error: Callable[[str], None] | None = None  # "unavailable" | "refused" (metrics)
 
     # -- connection --------------------------------------------------------
 
-    def _connect(self) -> etcd3.Etcd3Client:
+    def _pool(self) -> list[Member]:
+        members, pid = self._members, os.getpid()
+        if members is not None and self._pid == pid:
+            return members
         with self._lock:
-            if self._client is not None and self._pid == os.getpid():
-                return self._client
-            endpoint = self.config.endpoints[self._index]
-            kwargs = {}
-            if self.config.tls:
-                kwargs = dict(ca_cert=self.config.ca, cert_key=self.config.key,
-                              cert_cert=self.config.cert)
-            host = endpoint.host if ":" not in endpoint.host else f"[{endpoint.host}]"
-            self._client = etcd3.Etcd3Client(host=host, port=endpoint.port,
-                                             timeout=self.config.timeout, grpc_options=KEEPALIVE,
-                                             **kwargs)
-            self._pid = os.getpid()
-            return self._client
+            if self._members is None or self._pid != pid:
+                if self._context is None:
+                    self._context = tls_context(self.config)  # ConfigError: one line
+                self._members = [Member(e, self._context, self.config.timeout)
+                                 for e in self.config.endpoints]
+                self._pid = pid
+            return self._members
 
-    def _fail_over(self, client: etcd3.Etcd3Client) -> None:
+    def _fail_over(self, index: int) -> None:
+        members = self._pool()
+        members[index].drop_idle()
         with self._lock:
-            if self._client is client:
-                if self._pid == os.getpid():
-                    try:
-                        client.close()
-                    except Exception:  # pragma: no cover - best effort
-                        pass
-                self._client = None
-                self._index = (self._index + 1) % len(self.config.endpoints)
+            if self._index == index:
+                self._index = (index + 1) % len(members)
 
-    def _call(self, fn: Callable[[etcd3.Etcd3Client], T]) -> T:
+    def _call(self, fn: Callable[[Member], T]) -> T:
+        members = self._pool()
         reasons = []
         start = self._index
-        urls = self.config.urls
-        for attempt in range(len(urls)):
-            url = urls[(start + attempt) % len(urls)]
-            client = self._connect()
+        for attempt in range(len(members)):
+            index = (start + attempt) % len(members)
+            member = members[index]
             try:
-                return fn(client)
-            except (*_UNAVAILABLE, grpc.RpcError) as exc:
-                if isinstance(exc, grpc.RpcError) and exc.code() not in _UNAVAILABLE_CODES:
-                    self._count("refused")
-                    raise DatastoreError(f"etcd refused the request: {_reason(exc)}") from None
-                self._count("unavailable")
-                reasons.append(f"{url}: {_reason(exc)}")
-                log.warning("etcd member %s failed: %s", url, _reason(exc))
-                self._fail_over(client)
-            except etcd3.exceptions.Etcd3Exception as exc:
+                return fn(member)
+            except Refused as exc:
                 self._count("refused")
-                raise DatastoreError(f"etcd refused the request: {_reason(exc)}") from None
-            except ValueError as exc:  # e.g. unreadable TLS material
-                raise DatastoreError(f"cannot talk to etcd: {exc}") from None
-        raise DatastoreUnavailable(urls, reasons)
+                raise DatastoreError(f"etcd refused the request: {exc.reason}") from None
+            except Unreachable as exc:
+                self._count("unavailable")
+                reasons.append(f"{member.url}: {exc.reason}")
+                log.warning("etcd member %s failed: %s", member.url, exc.reason)
+                self._fail_over(index)
+        raise DatastoreUnavailable(self.config.urls, reasons)
 
     def _count(self, kind: str) -> None:
         if self.on_error is not None:
@@ -148,25 +103,29 @@ class Datastore:
             except Exception:  # pragma: no cover - metrics must never break a call
                 log.debug("on_error hook failed", exc_info=True)
 
+    def _post(self, path: str, payload: dict, streamed: bool = False) -> dict:
+        return self._call(lambda m: m.post(path, payload, streamed))
+
     def close(self) -> None:
         with self._lock:
-            if self._client is not None and self._pid == os.getpid():
-                self._client.close()
-            self._client = None
+            members, self._members = self._members, None
+            mine = self._pid == os.getpid()
+        if members and mine:
+            for member in members:
+                member.drop_idle()
 
     # -- reads ---------------------------------------------------------------
 
     def get(self, key: str) -> KV | None:
-        def do(c):
-            resp = c.get_response(key)
-            return _kv(resp.kvs[0]) if resp.kvs else None
-        return self._call(do)
+        kvs = self._post("/v3/kv/range", gateway.key_range(key)).get("kvs")
+        return gateway.kv(kvs[0]) if kvs else None
 
     def get_prefix(self, prefix: str, keys_only: bool = False) -> Range:
-        def do(c):
-            resp = c.get_prefix_response(prefix, keys_only=keys_only)
-            return Range([_kv(kv) for kv in resp.kvs], resp.header.revision)
-        return self._call(do)
+        request = gateway.key_range(prefix, prefix=True)
+        if keys_only:
+            request["keys_only"] = True
+        answer = self._post("/v3/kv/range", request)
+        return Range([gateway.kv(kv) for kv in answer.get("kvs") or []], gateway.revision(answer))
 
     def get_many(self, keys: Iterable[str]) -> dict[str, KV]:
         """Read several keys at one revision per chunk; absent keys are left out."""
@@ -182,12 +141,13 @@ class Datastore:
 
     def revision(self) -> int:
         """The store's current revision (also a cheap health check)."""
-        return self._call(lambda c: c.get_response("/").header.revision)
+        return gateway.revision(self._post("/v3/kv/range", gateway.key_range("/")))
 
     # -- writes --------------------------------------------------------------
 
     def put(self, key: str, value: bytes | str) -> int:
-        return self._call(lambda c: c.put(key, value).header.revision)
+        return gateway.revision(self._post("/v3/kv/put", {"key": gateway.b64(key),
+                                                         "value": gateway.b64(value)}))
 
     def create(self, key: str, value: bytes | str) -> bool:
         """Create ``key`` only if it does not exist. True if created."""
@@ -198,13 +158,14 @@ class Datastore:
         return self.txn([ModRevisionIs(key, mod_revision)], [Put(key, value)]).succeeded
 
     def delete(self, key: str) -> bool:
-        return self._call(lambda c: c.delete(key))
+        return int(self._post("/v3/kv/deleterange", gateway.key_range(key)).get("deleted", 0)) > 0
 
     def delete_if_unchanged(self, key: str, mod_revision: int) -> bool:
         return self.txn([ModRevisionIs(key, mod_revision)], [Delete(key)]).succeeded
 
     def delete_prefix(self, prefix: str) -> int:
-        return self._call(lambda c: c.delete_prefix(prefix).deleted)
+        answer = self._post("/v3/kv/deleterange", gateway.key_range(prefix, prefix=True))
+        return int(answer.get("deleted", 0))
 
     def txn(self, compare: list[Compare], success: list[Op],
             failure: list[Op] | None = None) -> TxnResult:
@@ -214,141 +175,57 @@ class Datastore:
             if len(branch) > MAX_TXN_OPS:
                 raise DatastoreError(
                     f"transaction too large ({len(branch)} > {MAX_TXN_OPS} operations)")
-        e_compare = [self._compare(c) for c in compare]
-        e_success = [self._op(o) for o in success]
-        e_failure = [self._op(o) for o in failure]
-
-        def do(c):
-            request = etcdrpc.TxnRequest(compare=[m.build_message() for m in e_compare],
-                                         success=c._ops_to_requests(e_success),
-                                         failure=c._ops_to_requests(e_failure))
-            return c.kvstub.Txn(request, c.timeout, credentials=c.call_credentials,
-                                metadata=c.metadata)
-        response = self._call(do)
-        ops = success if response.succeeded else failure
-        results = []
-        for op, resp in zip(ops, response.responses):
-            if isinstance(op, Get):
-                kvs = resp.response_range.kvs
-                results.append(_kv(kvs[0]) if kvs else None)
-            elif isinstance(op, GetPrefix):
-                results.append([_kv(kv) for kv in resp.response_range.kvs])
-            else:
-                results.append(None)
-        return TxnResult(response.succeeded, results, response.header.revision)
-
-    @staticmethod
-    def _compare(c: Compare):
-        if isinstance(c, ModRevisionIs):
-            return etx.Mod(c.key) == c.revision
-        if isinstance(c, UnchangedSince):
-            return etx.Mod(c.prefix, _range_end(c.prefix)) < c.revision + 1
-        raise TypeError(f"unknown comparison {c!r}")
-
-    @staticmethod
-    def _op(o: Op):
-        if isinstance(o, Put):
-            return etx.Put(o.key, o.value, lease=o.lease)
-        if isinstance(o, Delete):
-            return etx.Delete(o.key)
-        if isinstance(o, Get):
-            return etx.Get(o.key)
-        if isinstance(o, GetPrefix):
-            return etx.Get(o.prefix, _range_end(o.prefix))
-        raise TypeError(f"unknown operation {o!r}")
+        answer = self._post("/v3/kv/txn", gateway.txn_request(compare, success, failure))
+        succeeded = bool(answer.get("succeeded", False))
+        results = gateway.txn_results(success if succeeded else failure, answer.get("responses") or [])
+        return TxnResult(succeeded, results, gateway.revision(answer))
 
     # -- leases --------------------------------------------------------------
 
     def grant_lease(self, ttl: int) -> int:
         """A new lease of ``ttl`` seconds; keys put with it vanish when it expires."""
-        return self._call(lambda c: c.lease(ttl).id)
+        return int(self._post("/v3/lease/grant", {"TTL": str(ttl)})["ID"])
 
     def keep_alive(self, lease_id: int) -> int:
         """Refresh a lease; returns its remaining TTL in seconds (0: it has expired)."""
-        def do(c):
-            for response in c.refresh_lease(lease_id):
-                return int(response.TTL)
-            return 0
-        return self._call(do)
+        answer = self._post("/v3/lease/keepalive", {"ID": str(lease_id)}, streamed=True)
+        return max(int(answer.get("TTL", 0)), 0)
 
     def revoke_lease(self, lease_id: int) -> None:
         """End a lease now, deleting its keys (an unknown lease is not an error)."""
         try:
-            self._call(lambda c: c.revoke_lease(lease_id))
+            self._post("/v3/lease/revoke", {"ID": str(lease_id)})
         except DatastoreError as exc:
             if "not found" not in str(exc):
                 raise
 
     # -- watches -------------------------------------------------------------
 
-    def watch_prefix(self, prefix: str, start_revision: int | None = None) -> "Watch":
+    def watch_prefix(self, prefix: str, start_revision: int | None = None) -> Watch:
         """Watch every change under ``prefix`` (after ``start_revision - 1`` if given).
 
         Iterate the returned :class:`Watch` for :class:`WatchEvent` records;
-        call ``cancel()`` to stop. Each watch is its own gRPC stream (no
-        background thread). If the member goes away, or the start revision was
-        compacted, iteration raises DatastoreUnavailable / DatastoreError:
-        re-read the prefix and watch again from the revision of that read + 1.
+        call ``cancel()`` to stop. Each watch is its own HTTP stream (no
+        background thread); it is established when this returns. If the
+        member goes away or hangs, or the start revision was compacted,
+        iteration raises DatastoreUnavailable / DatastoreError: re-read the
+        prefix and watch again from the revision of that read + 1.
         """
-        create = etcdrpc.WatchCreateRequest(key=prefix.encode(),
-                                            range_end=_range_end(prefix),
-                                            start_revision=start_revision or 0)
-        requests: queue.Queue = queue.Queue()
-        requests.put(etcdrpc.WatchRequest(create_request=create))
+        request = gateway.watch_create(prefix, start_revision)
 
-        def request_iter():
-            while True:
-                item = requests.get()
-                if item is None:
-                    return
-                yield item
-
-        def do(c):
-            stub = etcdrpc.WatchStub(c.channel)
-            return stub.Watch(request_iter(), credentials=c.call_credentials,
-                              metadata=c.metadata)
-        stream = self._call(do)
-        return Watch(stream, requests, self.config.urls)
-
-
-class Watch:
-    """An iterator of :class:`WatchEvent` over one etcd watch stream."""
-
-    def __init__(self, stream, requests: queue.Queue, urls: list[str]):
-        self._stream = stream
-        self._requests = requests
-        self._urls = urls
-        self._cancelled = False
-
-    def __iter__(self) -> Iterator[WatchEvent]:
-        try:
-            for response in self._stream:
-                if response.compact_revision:
-                    raise DatastoreError(
-                        f"watch start revision was compacted (now {response.compact_revision}); resync")
-                if response.canceled:
-                    return
-                for ev in response.events:
-                    kind = "delete" if ev.type == ev.DELETE else "put"
-                    yield WatchEvent(kind, ev.kv.key.decode(), ev.kv.value,
-                                     ev.kv.mod_revision)
-        except grpc.RpcError as exc:
-            if self._cancelled:
-                return
-            raise DatastoreUnavailable(self._urls, [_reason(exc)]) from None
-
-    def cancel(self) -> None:
-        self._cancelled = True
-        self._requests.put(None)
-        self._stream.cancel()
-
-    def until(self, stop: threading.Event) -> "Watch":
-        """Cancel this watch when ``stop`` is set (or when the watch ends): one
-        short-lived helper thread per watch, never an idle one left behind."""
-        def wait() -> None:
-            while not stop.wait(0.5):
-                if self._stream.done():
-                    return
-            self.cancel()
-        threading.Thread(target=wait, name="watch-stop", daemon=True).start()
-        return self
+        def do(member: Member) -> Watch:
+            stream = member.stream("/v3/watch", request)
+            try:
+                first = stream.next(self.config.timeout)
+                if first is None:
+                    raise Unreachable(f"no answer within {self.config.timeout:g} s")
+                if "error" in first:
+                    raise decode_error(200, json.dumps(first).encode())
+                if not (first.get("result") or {}).get("created"):
+                    raise Refused(f"the watch was not created: {str(first)[:200]}")
+            except BaseException:
+                stream.close()
+                raise
+            index = self._pool().index(member)
+            return Watch(stream, member, self.config.urls, lambda: self._fail_over(index))
+        return self._call(do)

@@ -36,7 +36,7 @@ class Endpoint:
 
     @property
     def target(self) -> str:
-        """host:port as gRPC wants it."""
+        """host:port (IPv6 in brackets), as an HTTP Host header wants it."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
 

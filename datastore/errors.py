@@ -2,8 +2,8 @@
 
 Callers see exactly two kinds: :class:`DatastoreUnavailable` when no etcd
 member answered in time (the message names every endpoint tried), and
-:class:`DatastoreError` for everything else etcd refused. No gRPC exception
-ever leaves this package.
+:class:`DatastoreError` for everything else etcd refused. No socket, TLS or
+HTTP exception ever leaves this package.
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """A small, client-neutral vocabulary for etcd transactions.
 
 Domain code builds transactions from these records; only
-:mod:`datastore.client` turns them into etcd3 calls, so the etcd client
-library can be swapped without touching callers.
+:mod:`datastore.client` (with :mod:`datastore.gateway`) turns them into
+etcd requests, so the wire to etcd can be swapped without touching callers.
 """
 from __future__ import annotations
 

@@ -160,3 +160,13 @@ def test_watch_until_stop_and_no_helper_left_behind(store, private_etcd):
         list(ended)
     time.sleep(1.2)                               # the helper notices the ended stream
     assert not [t for t in threading.enumerate() if t.name == "watch-stop"]
+
+
+def test_lease_grant_keep_alive_revoke(store):
+    lease = store.grant_lease(30)
+    assert store.txn([], [Put(K + "leased", "1", lease=lease)]).succeeded
+    assert 0 < store.keep_alive(lease) <= 30
+    store.revoke_lease(lease)
+    assert store.get(K + "leased") is None        # its key went with it
+    assert store.keep_alive(lease) == 0           # expired/unknown: 0, not an error
+    store.revoke_lease(lease)                     # unknown lease: not an error either

@@ -90,17 +90,40 @@ def test_wrong_ca_fails_clearly(tls_etcd):
     with pytest.raises(DatastoreUnavailable) as err:
         store.get("/x")
     assert server.endpoint.replace("https://", "") in str(err.value)
+    assert "CERTIFICATE_VERIFY_FAILED" in str(err.value) and "WARREN_ETCD_CA" in str(err.value)
     assert "\n" not in str(err.value)
 
 
 def test_without_client_certificate_is_refused(tls_etcd):
     server, d = tls_etcd
     store = Datastore(EtcdConfig(endpoints=config(d, server.endpoint).endpoints, ca=str(d / "ca.crt"), timeout=2))
-    with pytest.raises(DatastoreError):
+    with pytest.raises(DatastoreError) as err:
         store.get("/x")
+    assert "WARREN_ETCD_CERT" in str(err.value) and "\n" not in str(err.value)
 
 
 def test_plain_text_is_refused_when_tls_is_configured(tls_etcd):
     server, d = tls_etcd
     with pytest.raises(DatastoreError, match="plain"):
         config(d, server.endpoint.replace("https://", "http://"))
+
+
+def test_https_to_a_plain_member_fails_clearly(tls_etcd, etcd_server):
+    _, d = tls_etcd
+    plain = etcd_server.endpoint.replace("http://", "https://")
+    store = Datastore(EtcdConfig.from_env(env={"WARREN_ETCD_CA": str(d / "ca.crt"), "WARREN_ETCD_TIMEOUT": "2"},
+                                          endpoints=plain))
+    with pytest.raises(DatastoreUnavailable) as err:
+        store.get("/x")
+    message = str(err.value)
+    assert plain in message and "TLS handshake failed" in message and "plain http://" in message
+    assert "\n" not in message
+
+
+def test_http_to_a_tls_member_fails_clearly(tls_etcd):
+    server, _ = tls_etcd
+    store = Datastore(EtcdConfig.from_env(env={"WARREN_ETCD_TIMEOUT": "2"},
+                                          endpoints=server.endpoint.replace("https://", "http://")))
+    with pytest.raises(DatastoreUnavailable) as err:
+        store.get("/x")
+    assert "https:// only" in str(err.value) and "\n" not in str(err.value)
