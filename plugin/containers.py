@@ -6,7 +6,7 @@ exactly what a plugin endpoint gets, from the same code
 (:class:`plugin.dataplane.Dataplane`): a veth whose host side ``wrn...``
 has proxy ARP, /32 (/128) routes and permanent neighbours, the container
 side created *directly inside* the container's network namespace (found
-through the ``docker`` SDK: ``/proc/<pid>/ns/net``) under its final name,
+by asking dockerd for its pid: ``/proc/<pid>/ns/net``) under its final name,
 then addresses, the ``169.254.1.1`` gateway and default routes inside.
 
 Records: one endpoint record per container interface, like the plugin's
@@ -78,19 +78,20 @@ class Container:
 
 
 def docker_lookup(reference: str) -> Container:
-    """A running container by name or id, through the docker SDK."""
-    import docker
-    import docker.errors
+    """A running container by name or id, asked of dockerd (``plugin.names.docker_get``)."""
+    from urllib.parse import quote
+
+    from .names import DockerError, DockerNotFound, docker_get
     try:
-        c = docker.from_env(timeout=10).containers.get(reference)
-    except docker.errors.NotFound:
+        attrs = docker_get(f"/containers/{quote(reference, safe='')}/json", timeout=10)
+    except DockerNotFound:
         raise PluginError(f"container {reference} does not exist") from None
-    except docker.errors.DockerException as exc:
-        raise PluginError(f"cannot ask dockerd about {reference}: {str(exc).splitlines()[0]}") from None
-    pid = c.attrs.get("State", {}).get("Pid") or 0
+    except DockerError as exc:
+        raise PluginError(f"cannot ask dockerd about {reference}: {exc}") from None
+    pid = (attrs.get("State") or {}).get("Pid") or 0
     if not pid:
         raise PluginError(f"container {reference} is not running")
-    return Container(c.id, c.name, pid)
+    return Container(attrs["Id"], attrs.get("Name", "").lstrip("/"), pid)
 
 
 @dataclass

@@ -1,32 +1,39 @@
-"""The background name lookup, with a stand-in for dockerd's API."""
+"""The background name lookup, and the dockerd API client, with stand-ins for dockerd."""
+import json
+import socketserver
+import threading
 import time
+from http.server import BaseHTTPRequestHandler
 
-import docker.errors
+import pytest
 
 from datastore import codec, keys
-from plugin.names import NameResolver
+from plugin.containers import docker_lookup
+from plugin.errors import PluginError
+from plugin.names import DockerError, DockerNotFound, NameResolver, docker_get, network_name
 from plugin.records import Network
 
 NET = "a" * 64
 
 
-class FakeDocker:
+class FakeLookup:
+    """network_name's stand-in: NotFound until the network "appears"."""
+
     def __init__(self, appears_after: int):
         self.calls = 0
         self.appears_after = appears_after
-        self.networks = self
 
-    def get(self, network_id):
+    def __call__(self, network_id):
         self.calls += 1
         if self.calls <= self.appears_after:
-            raise docker.errors.NotFound("not yet")
-        return type("N", (), {"name": "frontend"})()
+            raise DockerNotFound("not yet")
+        return "frontend"
 
 
 def test_name_is_learned_after_the_network_appears(store):
     store.put(keys.network(NET), codec.dumps(Network(id=NET, pools_v4=["10.20.10.0/24"])))
-    fake = FakeDocker(appears_after=2)
-    resolver = NameResolver(store, client_factory=lambda: fake, timeout=5)
+    fake = FakeLookup(appears_after=2)
+    resolver = NameResolver(store, lookup=fake, timeout=5)
     assert resolver._resolve(NET) == "frontend"
     record = codec.loads(Network, store.get(keys.network(NET)).value)
     assert record.name == "frontend" and record.pools_v4 == ["10.20.10.0/24"]
@@ -35,8 +42,96 @@ def test_name_is_learned_after_the_network_appears(store):
 
 def test_gives_up_quietly_when_docker_never_answers(store):
     store.put(keys.network(NET), codec.dumps(Network(id=NET)))
-    resolver = NameResolver(store, client_factory=lambda: FakeDocker(appears_after=10**6), timeout=0.5)
+    resolver = NameResolver(store, lookup=FakeLookup(appears_after=10**6), timeout=0.5)
     start = time.monotonic()
     assert resolver._resolve(NET) is None
     assert time.monotonic() - start < 3
     assert codec.loads(Network, store.get(keys.network(NET)).value).name is None
+
+
+# -- a fake dockerd on a unix socket of the test's own -----------------------------------
+
+ANSWERS = {
+    f"/networks/{NET}": (200, {"Name": "frontend", "Id": NET}),
+    "/containers/web/json": (200, {"Id": "c" * 64, "Name": "/web", "State": {"Pid": 4242}}),
+    "/containers/stopped/json": (200, {"Id": "d" * 64, "Name": "/stopped", "State": {"Pid": 0}}),
+    "/containers/broken/json": (500, {"message": "something broke\nsecond line"}),
+}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802 - http.server's name
+        self.server.paths.append(self.path)
+        status, body = ANSWERS.get(self.path, (404, {"message": f"No such object: {self.path}"}))
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+    def get_request(self):
+        request, _ = super().get_request()
+        return request, ("local", 0)  # BaseHTTPRequestHandler wants an address pair
+
+
+@pytest.fixture
+def fake_dockerd(tmp_path, monkeypatch):
+    path = str(tmp_path / "docker.sock")
+    server = _UnixHTTPServer(path, _Handler)
+    server.paths = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{path}")
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def test_network_name_from_dockerd(fake_dockerd):
+    assert network_name(NET) == "frontend"
+    with pytest.raises(DockerNotFound):
+        network_name("b" * 64)
+    assert fake_dockerd.paths == [f"/networks/{NET}", f"/networks/{'b' * 64}"]
+
+
+def test_container_lookup_from_dockerd(fake_dockerd):
+    c = docker_lookup("web")
+    assert (c.id, c.name, c.pid, c.netns) == ("c" * 64, "web", 4242, "/proc/4242/ns/net")
+    with pytest.raises(PluginError, match="^container nothere does not exist$"):
+        docker_lookup("nothere")
+    with pytest.raises(PluginError, match="^container stopped is not running$"):
+        docker_lookup("stopped")
+    with pytest.raises(PluginError) as err:
+        docker_lookup("broken")
+    assert str(err.value) == "cannot ask dockerd about broken: dockerd answered 500: something broke"
+    with pytest.raises(PluginError):
+        docker_lookup("../../networks/x")    # quoted: never another API path
+    assert "/containers/..%2F..%2Fnetworks%2Fx/json" in fake_dockerd.paths
+
+
+def test_unreachable_dockerd_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/missing.sock")
+    with pytest.raises(DockerError) as err:
+        docker_get("/_ping", timeout=1)
+    assert str(err.value).startswith("dockerd does not answer:") and "\n" not in str(err.value)
+    monkeypatch.setenv("DOCKER_HOST", "ssh://somewhere")
+    with pytest.raises(DockerError, match="unsupported DOCKER_HOST"):
+        docker_get("/_ping")
+
+
+def test_resolver_uses_dockerd_by_default(store, fake_dockerd):
+    store.put(keys.network(NET), codec.dumps(Network(id=NET)))
+    assert NameResolver(store, timeout=5)._resolve(NET) == "frontend"
+    assert codec.loads(Network, store.get(keys.network(NET)).value).name == "frontend"
+    assert fake_dockerd.paths == [f"/networks/{NET}"]
