@@ -9,7 +9,7 @@ pure functions are all the client needs; they never touch the network.
 """
 from __future__ import annotations
 
-import base64
+import binascii
 from typing import Any
 
 from .ops import KV, Compare, Delete, Get, GetPrefix, ModRevisionIs, Op, Put, UnchangedSince, WatchEvent
@@ -18,11 +18,11 @@ from .ops import KV, Compare, Delete, Get, GetPrefix, ModRevisionIs, Op, Put, Un
 def b64(data: bytes | str) -> str:
     if isinstance(data, str):
         data = data.encode()
-    return base64.b64encode(data).decode("ascii")
+    return binascii.b2a_base64(data, newline=False).decode("ascii")
 
 
 def unb64(text: str | None) -> bytes:
-    return base64.b64decode(text) if text else b""
+    return binascii.a2b_base64(text) if text else b""
 
 
 def range_end(prefix: str | bytes) -> bytes:
