@@ -278,6 +278,7 @@ def _foreground(name: str, paths: dict[str, str], argv: list[str], env: dict[str
     backoff, next_check = 1.0, time.monotonic() + 1.0
     while server_proc.poll() is None and not stopping:
         time.sleep(0.2)
+        reap_orphans(keep=server_proc.pid)
         if time.monotonic() < next_check:
             continue
         next_check = time.monotonic() + 1.0
@@ -303,6 +304,26 @@ def _foreground(name: str, paths: dict[str, str], argv: list[str], env: dict[str
         return 0
     print(f"warren-node {name}: the plugin server exited with {server_proc.returncode}", file=sys.stderr)
     return 1
+
+
+def reap_orphans(keep: int) -> list[int]:
+    """Reap every exited child except ``keep`` (which its Popen waits for); return their pids.
+
+    As PID 1 of a container we inherit every orphan: an ExaBGP whose agent was
+    killed, a restarted agent's predecessor. Nobody else waits for them, so
+    without this they stay zombies. ``WNOWAIT`` peeks first, so ``keep``'s
+    exit status is left for ``server_proc.poll()``.
+    """
+    reaped = []
+    while True:
+        try:
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:  # no children at all
+            return reaped
+        if info is None or info.si_pid == keep:
+            return reaped
+        os.waitpid(info.si_pid, 0)
+        reaped.append(info.si_pid)
 
 
 def _sd_notify(state: str) -> None:
