@@ -20,7 +20,7 @@ RUN set -- /wheels/pip-*.whl \
  && python3 -m venv --without-pip /opt/warren/venv \
  && /opt/warren/venv/bin/python "$1/pip" install --no-index --find-links /wheels \
         --no-cache-dir --disable-pip-version-check --no-warn-script-location warren \
- && /opt/warren/venv/bin/python -c "import ctl.main, plugin.wsgi, bgp.speaker, exabgp, grpc, etcd3"
+ && /opt/warren/venv/bin/python -c "import ctl.main, plugin.wsgi, bgp.speaker, bgp.api, exabgp"
 
 FROM warren/node-base:bookworm
 ARG VERSION=unknown

@@ -20,7 +20,7 @@ request either).
 
 ``create()`` stays gunicorn-compatible (``gunicorn 'plugin.wsgi:create()'``):
 the etcd connection is made lazily on the first request, i.e. after a fork
-(gRPC channels do not survive fork).
+(the datastore drops pooled connections in a forked child).
 """
 from __future__ import annotations
 
