@@ -42,7 +42,9 @@ class DockerNotFound(DockerError):
     """dockerd answered 404: no such object (yet)."""
 
 
-class _UnixConnection(http.client.HTTPConnection):
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a unix socket (dockerd's); shared with warren-lab's dockerapi."""
+
     def __init__(self, path: str, timeout: float):
         super().__init__("localhost", timeout=timeout)
         self._path = path
@@ -62,7 +64,7 @@ def _connection(timeout: float) -> http.client.HTTPConnection:
     """A connection to dockerd as ``DOCKER_HOST`` says (as the docker CLI and SDK read it)."""
     host = os.environ.get("DOCKER_HOST", "").strip() or f"unix://{DEFAULT_DOCKER_SOCKET}"
     if host.startswith(("unix://", "http+unix://")):
-        return _UnixConnection(host.split("://", 1)[1] or DEFAULT_DOCKER_SOCKET, timeout)
+        return UnixHTTPConnection(host.split("://", 1)[1] or DEFAULT_DOCKER_SOCKET, timeout)
     parts = urlsplit(host if "://" in host else f"tcp://{host}")
     if parts.scheme not in ("tcp", "http", "https") or not parts.hostname:
         raise DockerError(f"unsupported DOCKER_HOST {host!r} (unix://PATH or tcp://HOST:PORT)")

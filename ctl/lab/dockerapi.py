@@ -8,28 +8,13 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 from urllib.parse import quote
 
-
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float):
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self._path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
+from plugin.names import UnixHTTPConnection
 
 
 def request(sock_path: str, method: str, url: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    conn = _UnixConnection(sock_path, timeout)
+    conn = UnixHTTPConnection(sock_path, timeout)
     try:
         conn.request(method, url)
         resp = conn.getresponse()

@@ -126,14 +126,20 @@ def test_chunked_answer_in_single_bytes_with_trailers(scripted):
     assert m.post("/v3/kv/range", {}) == {"header": {"revision": "7"}}   # framing left nothing behind
 
 
-def test_keep_alive_one_connection_for_many_calls(store, monkeypatch):
-    made = []
+@pytest.fixture
+def made(monkeypatch) -> list[int]:
+    """One entry per wire.Connection dialled while the test runs."""
+    dialled: list[int] = []
 
     class Counting(wire.Connection):
         def __init__(self, *args):
-            made.append(1)
+            dialled.append(1)
             super().__init__(*args)
     monkeypatch.setattr(wire, "Connection", Counting)
+    return dialled
+
+
+def test_keep_alive_one_connection_for_many_calls(store, made):
     ds = Datastore(store.config)
     for i in range(30):
         assert ds.txn([], [Put(f"{K}{i}", "x")]).succeeded
@@ -141,14 +147,7 @@ def test_keep_alive_one_connection_for_many_calls(store, monkeypatch):
     assert len(made) == 1
 
 
-def test_threads_share_a_bounded_pool(store, monkeypatch):
-    made = []
-
-    class Counting(wire.Connection):
-        def __init__(self, *args):
-            made.append(1)
-            super().__init__(*args)
-    monkeypatch.setattr(wire, "Connection", Counting)
+def test_threads_share_a_bounded_pool(store, made):
     ds = Datastore(store.config)
     errors = []
 
