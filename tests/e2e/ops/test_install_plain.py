@@ -11,7 +11,6 @@ scripts/install.
 from __future__ import annotations
 
 import os
-import secrets
 import subprocess
 
 import pytest
@@ -23,20 +22,6 @@ from tests.e2e.helpers import E2E, REPO
 pytestmark = E2E
 
 SETUP = os.path.join(REPO, "systemd", "setup")
-
-
-@pytest.fixture
-def netns():
-    name = "wip" + secrets.token_hex(4)
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
-    inode = os.stat(f"/run/netns/{name}").st_ino
-    try:
-        yield name
-    finally:
-        # Everything still running in the namespace is ours: it did not exist before.
-        procs.terminate(procs.find(net_inodes=[inode]), timeout=10)
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 @pytest.fixture
@@ -54,7 +39,8 @@ def in_ns(netns: str, env: dict[str, str], *argv: str) -> subprocess.CompletedPr
                           timeout=180, stdin=subprocess.DEVNULL)
 
 
-def test_background_mode_starts_etcd_and_the_node_and_is_idempotent(netns, host_env, tmp_path):
+def test_background_mode_starts_etcd_and_the_node_and_is_idempotent(private_netns, host_env, tmp_path):
+    netns = private_netns.name
     try:
         first = in_ns(netns, host_env, SETUP)
         assert first.returncode == 0, first.stderr
@@ -77,7 +63,8 @@ def test_background_mode_starts_etcd_and_the_node_and_is_idempotent(netns, host_
         in_ns(netns, host_env, os.path.join(REPO, "scripts", "local-etcd"), "stop")
 
 
-def test_background_mode_with_remote_etcd_starts_no_local_etcd(netns, host_env, tmp_path):
+def test_background_mode_with_remote_etcd_starts_no_local_etcd(private_netns, host_env, tmp_path):
+    netns = private_netns.name
     host_env["WARREN_ETCD_ENDPOINTS"] = "http://127.0.0.1:2379"
     res = in_ns(netns, host_env, SETUP)
     assert res.returncode == 1                      # no etcd there, and none was started

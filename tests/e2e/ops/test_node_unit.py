@@ -9,7 +9,6 @@ must stop the whole node (agent and server) with exit status 0.
 from __future__ import annotations
 
 import os
-import secrets
 import shlex
 import signal
 import subprocess
@@ -28,21 +27,8 @@ pytestmark = E2E
 UNIT = os.path.join(REPO, "systemd", "warren-node.service")
 
 
-@pytest.fixture
-def netns():
-    name = "wnu" + secrets.token_hex(4)
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
-    inode = os.stat(f"/run/netns/{name}").st_ino
-    try:
-        yield name, inode
-    finally:
-        procs.terminate(procs.find(net_inodes=[inode]), timeout=10)  # only what runs in our netns
-        subprocess.run(["ip", "netns", "del", name], check=False)
-
-
-def test_unit_commands_start_wait_and_stop_the_node(netns, tmp_path):
-    ns, inode = netns
+def test_unit_commands_start_wait_and_stop_the_node(private_netns, tmp_path):
+    ns, inode = private_netns.name, private_netns.inode
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WARREN_", "DOCKER_"))}
     env.update(WARREN_STATE_DIR=str(tmp_path / "state"), WARREN_RUN_DIR=str(tmp_path / "run"),
                WARREN_LOG_DIR=str(tmp_path / "log"), WARREN_PLUGIN_SOCKET=str(tmp_path / "warren.sock"),
@@ -81,9 +67,9 @@ def test_unit_commands_start_wait_and_stop_the_node(netns, tmp_path):
                        env=env, capture_output=True, timeout=60)
 
 
-def test_unit_start_post_gives_up_when_the_node_dies(netns, tmp_path):
+def test_unit_start_post_gives_up_when_the_node_dies(private_netns, tmp_path):
     """etcd is not running: the node exits; ExecStartPost must fail quickly, not wait 55 s."""
-    ns, _ = netns
+    ns = private_netns.name
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WARREN_", "DOCKER_"))}
     env.update(WARREN_RUN_DIR=str(tmp_path / "run"), WARREN_LOG_DIR=str(tmp_path / "log"),
                WARREN_PLUGIN_SOCKET=str(tmp_path / "warren.sock"), WARREN_NODE_NAME="unit2", PYTHONPATH=REPO)
