@@ -19,8 +19,8 @@ One 2-host warren-lab. Paths, client on host1's side, server on host2's:
 In ``--rounds`` rounds, each test runs on every path back to back (the path
 order reverses every round): iperf3 TCP with 1 and 4 streams (``-t --duration
 -O 2 -C cubic``: the first 2 s, TCP's ramp-up, are left out; with 4 streams it
-sometimes takes more than 1 s) and ``busybox ping -c 200 -i 0.005`` (average; at a slower rate
-the RTT is mostly the time to wake an idle vCPU). Medians per path, and the
+sometimes takes more than 1 s) and ``busybox ping -c 200 -i 0.005`` (the median reply; at a
+slower rate the RTT is mostly the time to wake an idle vCPU). Medians per path, and the
 ratios warren/hand-built (goals >= 0.97 in throughput, <= 1.05 in RTT) and
 hand-built/host (context: the two extra veth hops).
 
@@ -292,19 +292,25 @@ def iperf(path: Path, streams: int, duration: int) -> tuple[float, int]:
     raise RuntimeError(f"{path.name}: iperf3 -P {streams} failed: {error}")
 
 
-PING_RE = re.compile(r"min/avg/max = ([\d.]+)/([\d.]+)/([\d.]+) ms")
+REPLY_RE = re.compile(r"time=([\d.]+) ms")
 
 
 def ping(path: Path, count: int) -> tuple[float, float]:
-    """(avg, min) RTT in microseconds."""
+    """(median, min) RTT in microseconds, over every reply.
+
+    The median, not ping's average: whether an echo finds the vCPUs awake or
+    must wake them moves one RTT by 50-150 us here, and a handful of such
+    outliers decided the average (the same path gave 40-200 us averages in one
+    run)."""
     subprocess.run(path.client + ["busybox", "ping", "-q", "-c", "2", "-W", "1", path.target],
                    capture_output=True)  # neighbour entries warm
-    result = subprocess.run(path.client + ["busybox", "ping", "-q", "-c", str(count), "-i", "0.005",
+    result = subprocess.run(path.client + ["busybox", "ping", "-c", str(count), "-i", "0.005",
                                            path.target], capture_output=True, text=True, timeout=60)
-    m = PING_RE.search(result.stdout)
-    if result.returncode or not m:
-        raise RuntimeError(f"{path.name}: ping failed: {result.stdout.strip()} {result.stderr.strip()}")
-    return float(m.group(2)) * 1000, float(m.group(1)) * 1000
+    times = [float(t) * 1000 for t in REPLY_RE.findall(result.stdout)]
+    if result.returncode or len(times) < count // 2:
+        tail = result.stdout.strip().splitlines()[-2:]
+        raise RuntimeError(f"{path.name}: ping failed: {' '.join(tail)} {result.stderr.strip()}")
+    return statistics.median(times), min(times)
 
 
 def cpu_busy(seconds: float = 0.3) -> float:
@@ -345,10 +351,10 @@ def measure(paths: list[Path], rounds: int, duration: int, pings: int,
                 busy = wait_quiet(quiet, quiet_wait) if quiet else cpu_busy()
                 res[p.name]["busy"].append(busy)
                 if test == "rtt":
-                    avg, low = ping(p, pings)
-                    res[p.name]["rtt"].append(avg)
+                    mid, low = ping(p, pings)
+                    res[p.name]["rtt"].append(mid)
                     res[p.name]["rtt_min"].append(low)
-                    shown = f"ping avg {avg:6.1f} us (min {low:5.1f})"
+                    shown = f"ping median {mid:6.1f} us (min {low:5.1f})"
                 else:
                     streams = 1 if test == "tcp1" else 4
                     gbps, retr = iperf(p, streams, duration)
@@ -470,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\nmedians")
     for name, m in med.items():
         print(f"   {name:14s} 1 stream {m['tcp1']:6.2f} Gbit/s   4 streams {m['tcp4']:6.2f} Gbit/s   "
-              f"ping avg {m['rtt']:6.1f} us (min {m['rtt_min']:5.1f})")
+              f"ping median {m['rtt']:6.1f} us (min {m['rtt_min']:5.1f})")
     print("\nratios: of the medians [median of same-round ratios]; RTT: larger is slower")
     for encap in encaps:
         hand, warren = f"hand-{encap}", f"warren-{encap}"
