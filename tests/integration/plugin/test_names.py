@@ -1,6 +1,5 @@
 """The background name lookup, and the dockerd API client, with stand-ins for dockerd."""
 import json
-import socketserver
 import threading
 import time
 from http.server import BaseHTTPRequestHandler
@@ -12,6 +11,7 @@ from plugin.containers import docker_lookup
 from plugin.errors import PluginError
 from plugin.names import DockerError, DockerNotFound, NameResolver, docker_get, network_name
 from plugin.records import Network
+from tests.support.unixhttp import UnixHTTPServer
 
 NET = "a" * 64
 
@@ -74,18 +74,10 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
-class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
-
-    def get_request(self):
-        request, _ = super().get_request()
-        return request, ("local", 0)  # BaseHTTPRequestHandler wants an address pair
-
-
 @pytest.fixture
 def fake_dockerd(tmp_path, monkeypatch):
     path = str(tmp_path / "docker.sock")
-    server = _UnixHTTPServer(path, _Handler)
+    server = UnixHTTPServer(path, _Handler)
     server.paths = []
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -88,8 +88,9 @@ def test_node_unit_is_started_only_when_the_plugin_answers(node, tmp_path):
     """ExecStartPost waits for Plugin.Activate on the socket: run it against a real one."""
     import http.server
     import json
-    import socketserver
     import threading
+
+    from tests.support.unixhttp import UnixHTTPServer
 
     argv = exec_argv(node, "ExecStartPost")
     assert argv[0] == "/opt/warren/venv/bin/python" and argv[1] == "-c"
@@ -107,12 +108,6 @@ def test_node_unit_is_started_only_when_the_plugin_answers(node, tmp_path):
         def log_message(self, *args):
             pass
 
-    class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-        daemon_threads = True
-
-        def get_request(self):
-            request, _ = super().get_request()
-            return request, ("local", 0)
 
     def ready(mainpid: int, timeout: float = 30) -> subprocess.CompletedProcess:
         # systemd gives ExecStartPost the main process's PID in $MAINPID.
@@ -124,7 +119,7 @@ def test_node_unit_is_started_only_when_the_plugin_answers(node, tmp_path):
     dead = subprocess.Popen(["true"])
     dead.wait()
     assert ready(dead.pid).returncode != 0
-    server = Server(sock, Handler)
+    server = UnixHTTPServer(sock, Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         assert ready(os.getpid()).returncode == 0
