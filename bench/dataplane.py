@@ -59,6 +59,7 @@ import subprocess
 import sys
 import time
 
+from bench import runinfo
 from bench.fabric import (create_network, cross_host_pings, host_netns,
                           in_netns, in_pid_netns, run_container, verdict)
 
@@ -425,10 +426,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from ctl.lab import Lab
 
-    print("Warren data plane benchmark")
-    print(f"command: {sys.executable} -m bench.dataplane " + " ".join(argv))
-    print(f"date: {time.strftime('%Y-%m-%d %H:%M')}, cores: {os.cpu_count()}, "
-          f"load average: {os.getloadavg()[0]:.2f}")
+    runinfo.header("Warren data plane benchmark", "bench.dataplane", argv)
     tag = secrets.token_hex(2)
     lab = Lab("bd" + secrets.token_hex(3))
     hand: list[HandBuilt] = []

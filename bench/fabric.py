@@ -66,6 +66,8 @@ BURST_POOL = "10.20.160.0/22"      # 16 /26 blocks, all claimed by host1
 CONV_SUBNET = "10.20.{n}.0/24"     # n = 100 + network number
 PROBE_INTERVAL = 0.002
 
+from bench import runinfo
+
 
 # =====================================================================================
 # Lab helpers (also used by bench.dataplane)
@@ -674,10 +676,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from ctl.lab import Lab
 
-    print("Warren fabric benchmark")
-    print(f"command: {sys.executable} -m bench.fabric " + " ".join(argv))
-    print(f"date: {time.strftime('%Y-%m-%d %H:%M')}, cores: {os.cpu_count()}, "
-          f"load average: {os.getloadavg()[0]:.2f}")
+    runinfo.header("Warren fabric benchmark", "bench.fabric", argv)
     lab = Lab("bf" + secrets.token_hex(3))
     try:
         t = time.monotonic()

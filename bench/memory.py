@@ -42,6 +42,8 @@ GOAL_NAMED = ("plugin", "plugin (gunicorn)", "exabgp", "bgp.api")  # what the go
 LABELS = (("gunicorn", "plugin (gunicorn)"), ("plugin.wsgi", "plugin"), ("ctl.agent", "node agent"),
           ("bgp.speaker", "bgp.speaker"), ("exabgp", "exabgp"), ("bgp.api", "bgp.api"))
 
+from bench import runinfo
+
 
 def descendants(pid: int) -> list[int]:
     """``pid`` and every process below it."""
@@ -167,10 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from ctl.lab import Lab
 
-    print("Warren node memory")
-    print(f"command: {sys.executable} -m bench.memory " + " ".join(sys.argv[1:] if argv is None else argv))
-    print(f"date: {time.strftime('%Y-%m-%d %H:%M')}, cores: {os.cpu_count()}, "
-          f"load average: {os.getloadavg()[0]:.2f}")
+    runinfo.header("Warren node memory", "bench.memory", sys.argv[1:] if argv is None else argv)
     lab = Lab("bm" + secrets.token_hex(3))
     try:
         t = time.monotonic()

@@ -74,6 +74,7 @@ import threading
 import time
 from typing import Iterator
 
+from bench import runinfo
 from bench.dataplane import Path, cpu_busy, iperf, wait_quiet
 from bench.fabric import (bgp_routes, create_network, cross_host_pings, in_pid_netns, percentile,
                           run_container, wait_until)
@@ -1164,10 +1165,7 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"bench.policy: missing tools: {', '.join(missing)}", file=sys.stderr)
         return 2
-    print("Warren policy benchmark")
-    print(f"command: {sys.executable} -m bench.policy " + " ".join(argv))
-    print(f"date: {time.strftime('%Y-%m-%d %H:%M')}, cores: {os.cpu_count()}, "
-          f"load average: {os.getloadavg()[0]:.2f}", flush=True)
+    runinfo.header("Warren policy benchmark", "bench.policy", argv, flush=True)
     if "resync" in args.parts:
         part_resync(args)
     if "latency" in args.parts or "dataplane" in args.parts:
