@@ -27,6 +27,7 @@ import ipaddress
 import logging
 from dataclasses import dataclass, replace
 from typing import Callable
+from urllib.parse import quote
 
 from datastore import Datastore, codec, keys
 from ipam import Allocator, IpamError, PoolStore
@@ -34,6 +35,7 @@ from ipam.workloads import Endpoint, WorkloadStore
 
 from .dataplane import Dataplane, DataplaneError, workload_mtu
 from .errors import PluginError
+from .names import DockerError, DockerNotFound, docker_get
 from .networks import mac_for
 
 log = logging.getLogger(__name__)
@@ -79,9 +81,6 @@ class Container:
 
 def docker_lookup(reference: str) -> Container:
     """A running container by name or id, asked of dockerd (``plugin.names.docker_get``)."""
-    from urllib.parse import quote
-
-    from .names import DockerError, DockerNotFound, docker_get
     try:
         attrs = docker_get(f"/containers/{quote(reference, safe='')}/json", timeout=10)
     except DockerNotFound:
