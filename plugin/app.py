@@ -4,7 +4,7 @@ Docker POSTs JSON without a Content-Type (and an empty body for Activate and
 the capability calls), so bodies are parsed with ``force=True`` and an empty
 body counts as ``{}``. Each handler validates its request, calls one domain
 method (:mod:`plugin.networks`, :mod:`plugin.ipamdriver`) and returns its
-answer. Every failure - for the NetworkDriver *and* the IpamDriver - is HTTP
+answer (:mod:`plugin.publishing` for -p). Every failure - for the NetworkDriver *and* the IpamDriver - is HTTP
 500 with ``{"Err": "<one sentence>"}`` (a 200 with ``Err`` would look like
 success to dockerd's IPAM client); unknown URLs are 404, which dockerd reads
 as "not implemented".
@@ -26,6 +26,7 @@ from . import metrics
 from .errors import PluginError
 from .ipamdriver import ADDRESS_SPACES, IpamDriver
 from .networks import NetworkDriver
+from .publishing import Publishing
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ def _string_map(body: dict, name: str) -> dict[str, str]:
 def create_app(network: NetworkDriver, ipam: IpamDriver, scope: str = "local",
                connectivity_scope: str = "global") -> Flask:
     app = Flask("warren")
+    publishing = Publishing(network, network.ports)
     routes: dict[str, Callable[[dict], Any]] = {}
 
     def route(name: str):
@@ -132,7 +134,7 @@ def create_app(network: NetworkDriver, ipam: IpamDriver, scope: str = "local",
 
     @route("NetworkDriver.EndpointOperInfo")
     def oper_info(b):
-        return network.oper_info(_id(b, "EndpointID"))
+        return publishing.oper_info(_id(b, "EndpointID"))
 
     @route("NetworkDriver.DeleteEndpoint")
     def delete_endpoint(b):
@@ -152,13 +154,13 @@ def create_app(network: NetworkDriver, ipam: IpamDriver, scope: str = "local",
     @route("NetworkDriver.ProgramExternalConnectivity")
     def program_external(b):
         _id(b, "NetworkID")
-        network.program_external(_id(b, "EndpointID"), _map(b, "Options"))
+        publishing.program(_id(b, "EndpointID"), _map(b, "Options"))
         return {}
 
     @route("NetworkDriver.RevokeExternalConnectivity")
     def revoke_external(b):
         _id(b, "NetworkID")
-        network.revoke_external(_id(b, "EndpointID"))
+        publishing.revoke(_id(b, "EndpointID"))
         return {}
 
     @route("NetworkDriver.DiscoverNew")

@@ -11,6 +11,9 @@ Gateways: the first Warren interface of a container routes via
 interfaces, each with a connected route and a route to its network's pools, so
 no two interfaces ever install the same route and the default route stays on
 the gateway endpoint Docker chose.
+
+Port publishing (ProgramExternalConnectivity and friends) is
+:mod:`plugin.publishing`; it reads and saves endpoints through this class.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ from .dataplane import GATEWAY_V6, Dataplane, DataplaneError, workload_mtu
 from .errors import PluginError
 from .ipamdriver import POOL_GATEWAY
 from .names import NameResolver
-from .ports import PortPublisher, parse_portmap
+from .ports import PortPublisher
 from .records import Endpoint, Network
 
 log = logging.getLogger(__name__)
@@ -33,7 +36,6 @@ log = logging.getLogger(__name__)
 GENERIC = "com.docker.network.generic"
 VALID_NETWORK_OPTIONS = ("mtu", "profile")
 TOLERATED = {"com.docker.network.enable_ipv6", GENERIC}
-PORTMAP = "com.docker.network.portmap"
 
 
 def mac_for(endpoint_id: str) -> str:
@@ -122,7 +124,7 @@ class NetworkDriver:
         endpoint = Endpoint(id=endpoint_id, network=network_id, host=self.host,
                             ipv4=[v4] if v4 else [], ipv6=[v6] if v6 else [],
                             mac=given_mac or mac_for(endpoint_id), mtu=mtu)
-        self._save(endpoint)
+        self.save(endpoint)
         return {} if given_mac else {"Interface": {"MacAddress": endpoint.mac}}
 
     def _derived_mtu(self, network: Network) -> int:
@@ -136,7 +138,7 @@ class NetworkDriver:
             raise PluginError(f"endpoint {endpoint_id[:12]} does not exist on host {self.host}")
         return codec.loads(Endpoint, kv.value)
 
-    def _save(self, endpoint: Endpoint) -> None:
+    def save(self, endpoint: Endpoint) -> None:
         self.store.put(keys.endpoint(self.host, endpoint.id), codec.dumps(endpoint))
 
     def delete_endpoint(self, endpoint_id: str) -> None:
@@ -149,37 +151,6 @@ class NetworkDriver:
         self.store.delete(keys.endpoint(self.host, endpoint_id))
         if endpoint.published and self.ports:
             self.ports.sync(self.local_endpoints())
-
-    # -- port publishing ------------------------------------------------------
-
-    def program_external(self, endpoint_id: str, options: dict) -> None:
-        mappings = parse_portmap(options.get(PORTMAP))
-        if not mappings:
-            return
-        if self.ports is None:
-            raise PluginError("publishing ports (-p) is not available on this node")
-        endpoint = self.endpoint(endpoint_id)
-        self._save(replace(endpoint, ports=[m.__dict__ for m in mappings], published=True))
-        try:
-            self.ports.sync(self.local_endpoints())
-        except PluginError:
-            self._save(endpoint)
-            raise
-
-    def revoke_external(self, endpoint_id: str) -> None:
-        try:
-            endpoint = self.endpoint(endpoint_id)
-        except PluginError:
-            return
-        if endpoint.published:
-            self._save(replace(endpoint, published=False))
-            if self.ports:
-                self.ports.sync(self.local_endpoints())
-
-    def oper_info(self, endpoint_id: str) -> dict:
-        endpoint = self.endpoint(endpoint_id)
-        return {"Value": {"host": endpoint.host, "mac": endpoint.mac,
-                          "addresses": endpoint.addresses}}
 
     def local_endpoints(self) -> list[Endpoint]:
         return [codec.loads(Endpoint, kv.value)
@@ -201,7 +172,7 @@ class NetworkDriver:
             self._release_slot(joined)
             raise PluginError(str(exc)) from None
         try:
-            self._save(joined)
+            self.save(joined)
         except Exception:
             self.dataplane.remove_workload(endpoint_id)
             self._release_slot(joined)
@@ -250,4 +221,4 @@ class NetworkDriver:
         except PluginError:
             return  # already deleted: Leave is idempotent
         self._release_slot(endpoint)
-        self._save(replace(endpoint, sandbox=None))
+        self.save(replace(endpoint, sandbox=None))
