@@ -15,6 +15,10 @@ traffic: fail closed).
 The host-side interface name is a pure function of the endpoint id
 (:func:`host_ifname`), so the policy agent can name per-endpoint chains
 without asking the kernel.
+
+A network created with ``--internal`` has ``internal=True``: the policy
+agent gives its endpoints no path to anything outside Warren's pools (and
+so no nat-outgoing), and the plugin refuses ``-p`` for them.
 """
 from __future__ import annotations
 
@@ -49,6 +53,7 @@ class Network:
     profile: str | None = None       # -o profile=NAME
     name: str | None = None          # Docker's network name, resolved in the background
     profile_created: bool = False    # the policy agent made its default profile once
+    internal: bool = False           # --internal: no path outside the pools, no nat-outgoing, no -p
 
     @property
     def default_profile(self) -> str | None:
