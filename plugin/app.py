@@ -111,7 +111,16 @@ def create_app(network: NetworkDriver, ipam: IpamDriver, scope: str = "local",
 
     @route("NetworkDriver.GetCapabilities")
     def capabilities(_):
-        return {"Scope": scope, "ConnectivityScope": connectivity_scope}
+        # GwAllocChecker (28+): dockerd asks GwAllocCheck before allocating a network's pools
+        return {"Scope": scope, "ConnectivityScope": connectivity_scope, "GwAllocChecker": True}
+
+    @route("NetworkDriver.GwAllocCheck")
+    def gw_alloc_check(b):
+        # Warren routes through 169.254.1.N and the host's link-local address: no pool
+        # address is ever a gateway. The options are checked here too, so a network Warren
+        # would refuse is refused before any pool is requested.
+        network.check_options(_map(b, "Options"))
+        return {"SkipIPv4": True, "SkipIPv6": True}
 
     @route("NetworkDriver.CreateNetwork")
     def create_network(b):
@@ -153,8 +162,9 @@ def create_app(network: NetworkDriver, ipam: IpamDriver, scope: str = "local",
 
     @route("NetworkDriver.ProgramExternalConnectivity")
     def program_external(b):
-        _id(b, "NetworkID")
-        publishing.program(_id(b, "EndpointID"), _map(b, "Options"))
+        options = _map(b, "Options")
+        network.refuse_publishing_if_internal(_id(b, "NetworkID"), options)
+        publishing.program(_id(b, "EndpointID"), options)
         return {}
 
     @route("NetworkDriver.RevokeExternalConnectivity")

@@ -15,18 +15,31 @@ One workload interface = one veth pair:
 
 The container routes everything via ``169.254.1.1`` (IPv4) or the host side's
 link-local address (IPv6); the host side answers ARP for any address, so all
-traffic is routed by the host. Nothing here depends on a process staying
+traffic is routed by the host. A container with several Warren interfaces
+(gateway *slots*, see :mod:`plugin.networks`) uses ``169.254.1.N`` and
+:func:`gateway_v6` ``(N)`` on its N-th: from slot 2 on, that IPv6 gateway is
+an extra link-local address of the host side (``fe80::1:N``), because every
+host side has the same EUI-64 address and a container must be able to tell
+its interfaces' gateways apart. Nothing here depends on a process staying
 alive: the kernel keeps the veths and routes.
+
+Docker 26+ sets ``disable_ipv6=1`` on a container's interfaces that got no
+IPv6 address from Docker (CVE-2024-32473), and new interfaces inherit it;
+:meth:`Dataplane.configure_peer` re-enables IPv6 on the interface it gives an
+IPv6 address (``warrenctl container add NAME <IPv6>``), writing the sysctl
+from a thread that entered the container's network namespace.
 
 This module is the single owner of veths, workload routes and per-interface
 sysctls; ``warrenctl container add`` reuses it.
 """
 from __future__ import annotations
 
+import ctypes
 import ipaddress
 import logging
 import os
 import socket
+import threading
 from dataclasses import dataclass, field
 
 from pyroute2 import IPRoute, NetlinkError
@@ -41,6 +54,19 @@ GATEWAY_V6 = "fe80::ecee:eeff:feee:eeee"  # EUI-64 link-local of HOST_MAC
 RTPROT_WARREN = 80  # route protocol number of workload routes (ip route ... proto 80)
 
 ENCAP_OVERHEAD = {"none": 0, "ipip": 20, "vxlan": 50}
+IFA_F_NODAD, IFA_F_NOPREFIXROUTE = 0x02, 0x200
+CLONE_NEWNET = 0x40000000
+
+
+def gateway_v4(slot: int) -> str:
+    """The IPv4 gateway of a container's ``slot``-th warren interface."""
+    return f"169.254.1.{slot}"
+
+
+def gateway_v6(slot: int) -> str:
+    """The IPv6 gateway of a container's ``slot``-th warren interface: the host side's
+    own link-local address for the first, ``fe80::1:<slot>`` (added to the host side) after."""
+    return GATEWAY_V6 if slot == 1 else f"fe80::1:{slot:x}"
 
 
 class DataplaneError(Exception):
@@ -76,13 +102,16 @@ class Dataplane:
             log.warning("cannot enable IPv6 forwarding; IPv6 workloads will not be routed")
 
     def create_workload(self, endpoint_id: str, addresses: list[str], mac: str, mtu: int,
-                        peer_netns: str | None = None, peer_name: str | None = None) -> tuple[str, str]:
+                        peer_netns: str | None = None, peer_name: str | None = None,
+                        gateway6: str = GATEWAY_V6) -> tuple[str, str]:
         """Create the veth pair and host routes; returns (host ifname, peer ifname).
 
         ``peer_netns`` creates the peer directly inside that namespace (a path
         or a name), which is much cheaper than moving it afterwards, and
-        ``peer_name`` names it there (default ``tmp<id>``). On any failure
-        everything created so far is removed again.
+        ``peer_name`` names it there (default ``tmp<id>``). ``gateway6`` is
+        the container's IPv6 gateway on this interface; one other than the
+        host side's own link-local address is added to the host side. On any
+        failure everything created so far is removed again.
         """
         host, tmp = host_ifname(endpoint_id), peer_name or tmp_ifname(endpoint_id)
         peer: dict = {"ifname": tmp, "address": mac, "mtu": mtu}
@@ -95,6 +124,9 @@ class Dataplane:
                 index = ipr.link_lookup(ifname=host)[0]
                 self._configure_host_side(host, any(_prefixlen(a) == 128 for a in addresses))
                 ipr.link("set", index=index, state="up")
+                if gateway6 != GATEWAY_V6 and any(_prefixlen(a) == 128 for a in addresses):
+                    ipr.addr("add", index=index, address=gateway6, prefixlen=128,
+                             flags=IFA_F_NODAD | IFA_F_NOPREFIXROUTE, family=socket.AF_INET6)
                 for address in addresses:
                     self._add_route(ipr, index, address)
                     # Permanent neighbour (Calico's `arp -s`): a packet that arrives before the
@@ -162,6 +194,8 @@ class Dataplane:
         IPv4 gateway and default routes via it and via the host side's
         link-local address (unless the container already has a default route).
         """
+        if any(_prefixlen(a) == 128 for a in addresses):
+            enable_ipv6_inside(netns, ifname)
         with IPRoute(netns=netns) as ns:
             found = ns.link_lookup(ifname=ifname)
             if not found:
@@ -248,3 +282,40 @@ class Dataplane:
                 if index:
                     return ipr.get_links(index)[0].get_attr("IFLA_IFNAME")
         return None
+
+
+def enable_ipv6_inside(netns: str, ifname: str) -> None:
+    """``disable_ipv6=0`` on ``ifname`` inside ``netns`` (a path such as /proc/PID/ns/net).
+
+    /proc/sys/net shows the network namespace of the thread that opens it, so a
+    short-lived thread enters the container's namespace (setns affects only the
+    calling thread), writes, and ends. Docker 26+ leaves ``disable_ipv6=1`` on
+    interfaces it gave no IPv6 address, and a new interface inherits it from
+    ``default``; adding an IPv6 address then fails with EACCES.
+    """
+    errors: list[str] = []
+
+    def enter_and_write() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = os.open(netns, os.O_RDONLY)
+            try:
+                if libc.setns(fd, CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+            finally:
+                os.close(fd)
+            path = f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6"
+            if not os.path.exists(path):
+                raise OSError(f"IPv6 is not available in the container ({path} is missing)")
+            with open(path) as f:
+                if f.read().strip() == "0":
+                    return
+            _write_sysctl(path, "0")
+        except OSError as exc:
+            errors.append(str(exc))
+
+    thread = threading.Thread(target=enter_and_write, name="warren-setns")
+    thread.start()
+    thread.join()
+    if errors:
+        raise DataplaneError(f"could not enable IPv6 on {ifname} in the container: {errors[0]}")

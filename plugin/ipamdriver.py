@@ -6,8 +6,10 @@
   ``Data: {"com.docker.network.gateway": "169.254.1.1/32"}``, so dockerd asks
   for no gateway address and no pool address is spent on one. Idempotent.
 * ``RequestAddress`` assigns one address under a fresh handle (Docker gives
-  no endpoint id at that point) with attributes ``purpose=docker``; the answer
-  is a /32 (/128) so the container routes everything through the host.
+  no endpoint id at that point) with attributes ``purpose=docker`` and, from
+  Docker 29 on, ``name`` = the container's name (``com.docker.network.endpoint.name``
+  in the options; ``warrenctl ipam info`` shows it); the answer is a /32
+  (/128) so the container routes everything through the host.
 * ``ReleaseAddress`` releases by address (idempotent); ``ReleasePool`` keeps
   the pool, which other hosts' networks may share.
 """
@@ -27,6 +29,7 @@ from .errors import PluginError
 PURPOSE = "docker"  # attribute of every address Docker asked for (see ipam check)
 GATEWAY_TYPE = "com.docker.network.gateway"
 ADDRESS_TYPE = "RequestAddressType"
+ENDPOINT_NAME = "com.docker.network.endpoint.name"  # Docker 29+: the container's name
 POOL_GATEWAY = {4: "169.254.1.1/32", 6: "fe80::ecee:eeff:feee:eeee/128"}
 VALID_POOL_OPTIONS = ("ipip", "vxlan", "nat-outgoing", "block-size")
 ADDRESS_SPACES = {"LocalDefaultAddressSpace": "WarrenLocal",
@@ -99,17 +102,19 @@ class IpamDriver:
             raise PluginError("--gateway is not supported: Warren routes every container "
                               "through its host (gateway 169.254.1.1)")
         try:
-            answer = self._request_address(pool_id, address)
+            answer = self._request_address(pool_id, address, options.get(ENDPOINT_NAME, ""))
         except Exception:
             metrics.IPAM.labels("assign", "failed").inc()
             raise
         metrics.IPAM.labels("assign", "ok").inc()
         return answer
 
-    def _request_address(self, pool_id: str, address: str) -> dict:
+    def _request_address(self, pool_id: str, address: str, name: str) -> dict:
         net = parse_cidr(pool_id)
         handle = f"docker-{uuid.uuid4().hex}"
         attrs = {"purpose": PURPOSE, "pool": pool_id, "since": str(int(time.time()))}
+        if name:
+            attrs["name"] = name.lstrip("/")
         if address:
             got = self.allocator.assign(handle, address=address, attrs=attrs)
             if got.pool != pool_id:

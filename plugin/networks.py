@@ -5,12 +5,24 @@ Call order for ``docker run --net N``: IPAM RequestAddress -> CreateEndpoint
 host routes, proxy ARP; answer with the interface for Docker to move and the
 gateway) -> ProgramExternalConnectivity (-p). Teardown runs backwards.
 
-Gateways: the first Warren interface of a container routes via
-``169.254.1.1``; a container connected to several Warren networks
-(``docker network connect``) gets ``169.254.1.2``, ``.3``... on the next
-interfaces, each with a connected route and a route to its network's pools, so
-no two interfaces ever install the same route and the default route stays on
-the gateway endpoint Docker chose.
+Gateways: each Warren interface of a container holds a gateway *slot* N
+(create-if-absent keys per sandbox, the lowest free one): ``169.254.1.N`` and
+:func:`plugin.dataplane.gateway_v6` ``(N)``. Join answers with connected
+routes to those gateways (``RouteType 1``: libnetwork adds them on the
+interface as soon as it is up, before it resolves any gateway or next hop -
+Docker 26 looks the IPv6 gateway up right after link-up, when the kernel's
+``fe80::/64`` route may not exist yet, which failed 41 % of dual-stack starts),
+routes to the network's pools via the gateway (so traffic to a network
+always leaves through that network's interface, whichever interface has the
+default route; a pool another interface of the container already routes is
+left to it: the same route twice would be refused), and ``Gateway`` /
+``GatewayIPv6`` on *every* interface, so Docker's choice of gateway endpoint
+(``gw-priority`` on 28+, else its own order) decides the default route.
+Endpoints of ``--internal`` networks get no ``Gateway``: only their pools are
+routed. ``DisableGatewayService`` is always set, so Docker never adds
+``docker_gwbridge`` (also not for IPv6-only networks).
+
+CreateNetwork's options are read by :mod:`plugin.netoptions`.
 
 Port publishing (ProgramExternalConnectivity and friends) is
 :mod:`plugin.publishing`; it reads and saves endpoints through this class.
@@ -24,18 +36,16 @@ from typing import Callable
 
 from datastore import Datastore, codec, keys
 
-from .dataplane import GATEWAY_V6, Dataplane, DataplaneError, workload_mtu
+from . import netoptions
+from .dataplane import Dataplane, DataplaneError, gateway_v4, gateway_v6, workload_mtu
 from .errors import PluginError
 from .ipamdriver import POOL_GATEWAY
 from .names import NameResolver
 from .ports import PortPublisher
+from .publishing import PORTMAP
 from .records import Endpoint, Network
 
 log = logging.getLogger(__name__)
-
-GENERIC = "com.docker.network.generic"
-VALID_NETWORK_OPTIONS = ("mtu", "profile")
-TOLERATED = {"com.docker.network.enable_ipv6", GENERIC}
 
 
 def mac_for(endpoint_id: str) -> str:
@@ -62,25 +72,9 @@ class NetworkDriver:
     # -- networks -----------------------------------------------------------
 
     def create_network(self, network_id: str, options: dict, ipv4: list[dict], ipv6: list[dict]) -> None:
-        generic = options.get(GENERIC) or {}
-        if not isinstance(generic, dict):
-            raise PluginError("network options must be a map")
-        unknown = sorted(set(generic) - set(VALID_NETWORK_OPTIONS))
-        if unknown:
-            raise PluginError(f"unknown option -o {', '.join(unknown)}; valid options: "
-                              "mtu=N, profile=NAME")
-        for key in options:
-            if key not in TOLERATED:
-                flag = key.rsplit(".", 1)[-1]
-                raise PluginError(f"the warren driver does not support --{flag}")
-        mtu = None
-        if "mtu" in generic:
-            try:
-                mtu = int(generic["mtu"])
-            except (TypeError, ValueError):
-                raise PluginError("-o mtu must be a number such as 1400") from None
-            if not 576 <= mtu <= 65535:
-                raise PluginError("-o mtu must be between 576 and 65535")
+        parsed = netoptions.parse(options)
+        if parsed.ignored:
+            log.info("network %s: ignoring Docker options %s", network_id[:12], ", ".join(parsed.ignored))
         pools = {4: [], 6: []}
         for version, data in ((4, ipv4), (6, ipv6)):
             for item in data or []:
@@ -88,12 +82,25 @@ class NetworkDriver:
                     raise PluginError("warren networks need the warren IPAM driver: "
                                       "use --ipam-driver warren")
                 pools[version].append(item["Pool"])
-        network = Network(id=network_id, pools_v4=pools[4], pools_v6=pools[6], mtu=mtu,
-                          profile=generic.get("profile"))
+        if not pools[4] and not pools[6]:
+            raise PluginError("a warren network needs an IPv4 or an IPv6 subnet")
+        network = Network(id=network_id, pools_v4=pools[4], pools_v6=pools[6], mtu=parsed.mtu,
+                          profile=parsed.profile, internal=parsed.internal)
         self.store.put(keys.network(network_id), codec.dumps(network))
         self._networks[network_id] = network
         if self.names is not None:
             self.names.resolve_later(network_id)
+
+    @staticmethod
+    def check_options(options: dict) -> None:
+        """GwAllocCheck (28+): refuse bad options before Docker requests any pool."""
+        netoptions.parse(options)
+
+    def refuse_publishing_if_internal(self, network_id: str, options: dict) -> None:
+        """dockerd does not ask to publish ports on --internal networks; refuse if one does."""
+        if options.get(PORTMAP) and self.network(network_id).internal:
+            name = self.network(network_id).name or network_id[:12]
+            raise PluginError(f"network {name} is --internal: its containers cannot publish ports (-p)")
 
     def delete_network(self, network_id: str) -> None:
         self.store.delete(keys.network(network_id))
@@ -163,51 +170,53 @@ class NetworkDriver:
         if endpoint.network != network_id:
             raise PluginError(f"endpoint {endpoint_id[:12]} belongs to another network")
         network = self.network(network_id)
-        slot = self._free_slot(sandbox, endpoint_id)
+        slot, others = self._free_slot(sandbox, endpoint_id)
         joined = replace(endpoint, sandbox=sandbox, gateway_slot=slot)
         try:
-            _, tmp = self.dataplane.create_workload(endpoint_id, endpoint.addresses,
-                                                    endpoint.mac, endpoint.mtu)
+            _, tmp = self.dataplane.create_workload(endpoint_id, endpoint.addresses, endpoint.mac,
+                                                    endpoint.mtu, gateway6=gateway_v6(slot))
         except DataplaneError as exc:
             self._release_slot(joined)
             raise PluginError(str(exc)) from None
         try:
+            routed = self._pools_routed_by(others)
             self.save(joined)
         except Exception:
             self.dataplane.remove_workload(endpoint_id)
             self._release_slot(joined)
             raise
-        gateway = f"169.254.1.{slot}"
-        routes = [{"Destination": f"{gateway}/32", "RouteType": 1}]
-        if slot > 1:  # not the first interface: reach this network's pools through it
-            routes += [{"Destination": p, "RouteType": 0, "NextHop": gateway} for p in network.pools_v4]
-        response = {"InterfaceName": {"SrcName": tmp, "DstPrefix": "eth"},
-                    "DisableGatewayService": True}
-        if endpoint.ipv4:
-            response["Gateway"] = gateway
-        if endpoint.ipv6:
-            if slot == 1:
-                response["GatewayIPv6"] = GATEWAY_V6
-            else:
-                routes += [{"Destination": p, "RouteType": 0, "NextHop": GATEWAY_V6}
-                           for p in network.pools_v6]
-        response["StaticRoutes"] = routes
-        return response
+        return join_answer(tmp, slot, endpoint, network, routed)
 
-    def _free_slot(self, sandbox: str, endpoint_id: str) -> int:
+    def _pools_routed_by(self, endpoint_ids: list[str]) -> set[str]:
+        """Pools that other warren interfaces of the same container already route."""
+        pools: set[str] = set()
+        for other in endpoint_ids:
+            kv = self.store.get(keys.endpoint(self.host, other))
+            if kv is None:
+                continue
+            theirs = codec.loads(Endpoint, kv.value)
+            if theirs.network:
+                net = self.network(theirs.network)
+                pools.update(net.pools_v4 if theirs.ipv4 else [])
+                pools.update(net.pools_v6 if theirs.ipv6 else [])
+        return pools
+
+    def _free_slot(self, sandbox: str, endpoint_id: str) -> tuple[int, list[str]]:
         """Claim the lowest free gateway slot of this container (create-if-absent keys,
-        so the cost does not grow with the number of endpoints on the host)."""
+        so the cost does not grow with the number of endpoints on the host); returns it
+        and the endpoints holding the container's other slots."""
         for _ in range(20):
             held = {int(keys.last_segment(kv.key)): kv.value.decode()
                     for kv in self.store.get_prefix(keys.sandbox_prefix(self.host, sandbox))}
+            others = sorted(holder for holder in held.values() if holder != endpoint_id)
             for slot, holder in held.items():
                 if holder == endpoint_id:
-                    return slot
+                    return slot, others
             slot = next(n for n in range(1, len(held) + 2) if n not in held)
             if slot > 254:
                 raise PluginError("too many warren interfaces in one container")
             if self.store.create(keys.sandbox_slot(self.host, sandbox, slot), endpoint_id):
-                return slot
+                return slot, others
         raise PluginError("could not pick a gateway for this container; try again")
 
     def _release_slot(self, endpoint: Endpoint) -> None:
@@ -222,3 +231,23 @@ class NetworkDriver:
             return  # already deleted: Leave is idempotent
         self._release_slot(endpoint)
         self.save(replace(endpoint, sandbox=None))
+
+
+def join_answer(src_name: str, slot: int, endpoint: Endpoint, network: Network,
+                routed_elsewhere: set[str] = frozenset()) -> dict:
+    """Join's answer for an endpoint holding gateway ``slot`` (see the module docstring)."""
+    routes: list[dict] = []
+    answer: dict = {"InterfaceName": {"SrcName": src_name, "DstPrefix": "eth"},
+                    "DisableGatewayService": True}
+    for present, gateway, length, pools, key in (
+            (endpoint.ipv4, gateway_v4(slot), 32, network.pools_v4, "Gateway"),
+            (endpoint.ipv6, gateway_v6(slot), 128, network.pools_v6, "GatewayIPv6")):
+        if not present:
+            continue
+        routes.append({"Destination": f"{gateway}/{length}", "RouteType": 1})
+        routes += [{"Destination": p, "RouteType": 0, "NextHop": gateway}
+                   for p in pools if p not in routed_elsewhere]
+        if not network.internal:
+            answer[key] = gateway
+    answer["StaticRoutes"] = routes
+    return answer

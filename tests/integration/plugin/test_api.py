@@ -7,6 +7,8 @@ import pytest
 
 from datastore import codec, keys
 from ipam import Block, PoolStore
+from ipam.inventory import address_info
+from ipam.workloads import Network
 from plugin.config import PluginConfig
 from plugin.dataplane import DataplaneError
 from plugin.wsgi import build
@@ -23,10 +25,12 @@ class FakeDataplane:
         self.workloads: dict[str, dict] = {}
         self.fail = False
 
-    def create_workload(self, endpoint_id, addresses, mac, mtu, peer_netns=None):
+    def create_workload(self, endpoint_id, addresses, mac, mtu, peer_netns=None,
+                        gateway6="fe80::ecee:eeff:feee:eeee"):
         if self.fail:
             raise DataplaneError("simulated netlink failure")
         self.workloads[endpoint_id] = {"addresses": addresses, "mac": mac, "mtu": mtu}
+        self.gateway6 = gateway6
         return "wrn" + endpoint_id[:11], "tmp" + endpoint_id[:11]
 
     def remove_workload(self, endpoint_id):
@@ -90,7 +94,8 @@ def make_network(client, subnet="10.20.10.0/24", options=None, v6=None):
 
 def test_activate_and_capabilities_with_empty_bodies(client):
     assert ok(client, "Plugin.Activate") == {"Implements": ["NetworkDriver", "IpamDriver"]}
-    assert ok(client, "NetworkDriver.GetCapabilities") == {"Scope": "local", "ConnectivityScope": "global"}
+    assert ok(client, "NetworkDriver.GetCapabilities") == {"Scope": "local", "ConnectivityScope": "global",
+                                                           "GwAllocChecker": True}
     assert ok(client, "IpamDriver.GetCapabilities")["RequiresRequestReplay"] is False
     assert set(ok(client, "IpamDriver.GetDefaultAddressSpaces")) == {
         "LocalDefaultAddressSpace", "GlobalDefaultAddressSpace"}
@@ -187,11 +192,77 @@ def test_create_network_validation(client, store):
     good = [{"Pool": pool["Pool"], "Gateway": "169.254.1.1/32"}]
     message = err(client, "NetworkDriver.CreateNetwork", {"NetworkID": NET, "IPv4Data": good,
                                                           "Options": {"com.docker.network.generic": {"vlan": "3"}}})
-    assert "vlan" in message and "mtu=N" in message
-    assert "--internal" in err(client, "NetworkDriver.CreateNetwork", {
-        "NetworkID": NET, "IPv4Data": good, "Options": {"com.docker.network.internal": True}})
-    assert "mtu" in err(client, "NetworkDriver.CreateNetwork", {
-        "NetworkID": NET, "IPv4Data": good, "Options": {"com.docker.network.generic": {"mtu": "big"}}})
+    assert "-o vlan" in message and "mtu=N" in message and "com.docker.network.driver.mtu=N" in message
+    assert "\n" not in message
+    for generic in ({"mtu": "big"}, {"com.docker.network.driver.mtu": "9x"}, {"mtu": "100"},
+                    {"mtu": "1400", "com.docker.network.driver.mtu": "1300"}, {"profile": " "}):
+        assert "-o" in err(client, "NetworkDriver.CreateNetwork", {
+            "NetworkID": NET, "IPv4Data": good, "Options": {"com.docker.network.generic": generic}})
+    assert "true or false" in err(client, "NetworkDriver.CreateNetwork", {
+        "NetworkID": NET, "IPv4Data": good, "Options": {"com.docker.network.internal": "maybe"}})
+    assert "IPv4 or an IPv6 subnet" in err(client, "NetworkDriver.CreateNetwork", {
+        "NetworkID": NET, "Options": {"com.docker.network.enable_ipv4": False}})
+    assert snapshot(store) == before
+
+
+def network_record(store, network_id=NET) -> Network:
+    return codec.loads(Network, store.get(keys.network(network_id)).value)
+
+
+def test_docker_28_options_are_accepted(client, store):
+    """28 sends enable_ipv4 on every network; any com.docker.network.* label is tolerated."""
+    pool = ok(client, "IpamDriver.RequestPool", {"Pool": "10.20.10.0/24"})
+    ok(client, "NetworkDriver.CreateNetwork", {"NetworkID": NET, "IPv4Data": [
+        {"Pool": pool["Pool"], "Gateway": "169.254.1.1/32"}], "Options": {
+        "com.docker.network.enable_ipv4": True, "com.docker.network.enable_ipv6": False,
+        "com.docker.network.internal": False, "com.docker.network.some_future_label": {"x": 1},
+        "com.docker.network.generic": {"com.docker.network.driver.mtu": "1400",
+                                       "com.docker.network.bridge.name": "br-x",
+                                       "com.docker.network.enable_ipv6": "false"}}})
+    record = network_record(store)
+    assert (record.mtu, record.internal, record.pools_v4) == (1400, False, ["10.20.10.0/24"])
+
+
+def test_mtu_options_agree(client, store):
+    pool = ok(client, "IpamDriver.RequestPool", {"Pool": "10.20.10.0/24"})
+    ok(client, "NetworkDriver.CreateNetwork", {"NetworkID": NET, "IPv4Data": [
+        {"Pool": pool["Pool"], "Gateway": "169.254.1.1/32"}], "Options": {
+        "com.docker.network.generic": {"com.docker.network.driver.mtu": "1300", "mtu": "1300",
+                                       "profile": "web"}}})
+    assert (network_record(store).mtu, network_record(store).profile) == (1300, "web")
+
+
+def test_gw_alloc_check_skips_gateways_and_checks_options_first(client, store):
+    before = snapshot(store)
+    assert ok(client, "NetworkDriver.GwAllocCheck", {"Options": {
+        "com.docker.network.enable_ipv4": True, "com.docker.network.generic": {"mtu": "1400"}}}) == {
+        "SkipIPv4": True, "SkipIPv6": True}
+    assert "-o vlan" in err(client, "NetworkDriver.GwAllocCheck", {"Options": {
+        "com.docker.network.generic": {"vlan": "3"}}})
+    assert snapshot(store) == before
+
+
+def test_internal_network_is_stored_and_gets_no_default_route(client, store, dataplane):
+    pool = ok(client, "IpamDriver.RequestPool", {"Pool": "10.20.10.0/24"})
+    ok(client, "NetworkDriver.CreateNetwork", {"NetworkID": NET, "IPv4Data": [
+        {"Pool": pool["Pool"], "Gateway": "169.254.1.1/32"}], "Options": {
+        "com.docker.network.internal": True, "com.docker.network.enable_ipv4": True}})
+    assert network_record(store).internal is True
+    ok(client, "NetworkDriver.CreateEndpoint", {"NetworkID": NET, "EndpointID": EP,
+                                                "Interface": {"Address": "10.20.10.9/32"}})
+    joined = ok(client, "NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP, "SandboxKey": "/x"})
+    assert "Gateway" not in joined and "GatewayIPv6" not in joined
+    assert joined["DisableGatewayService"] is True
+    assert joined["StaticRoutes"] == [
+        {"Destination": "169.254.1.1/32", "RouteType": 1},
+        {"Destination": "10.20.10.0/24", "RouteType": 0, "NextHop": "169.254.1.1"}]
+    ok(client, "NetworkDriver.ProgramExternalConnectivity", {"NetworkID": NET, "EndpointID": EP,
+                                                             "Options": {}})
+    before = snapshot(store)
+    message = err(client, "NetworkDriver.ProgramExternalConnectivity", {
+        "NetworkID": NET, "EndpointID": EP, "Options": {"com.docker.network.portmap": [
+            {"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": 8080, "HostPortEnd": 8080}]}})
+    assert "--internal" in message and "-p" in message
     assert snapshot(store) == before
 
 
@@ -206,7 +277,8 @@ def test_endpoint_lifecycle(client, store, dataplane):
                                                "SandboxKey": "/var/run/docker/netns/abc", "Options": {}})
     assert joined["InterfaceName"] == {"SrcName": "tmp" + EP[:11], "DstPrefix": "eth"}
     assert joined["Gateway"] == "169.254.1.1"
-    assert joined["StaticRoutes"] == [{"Destination": "169.254.1.1/32", "RouteType": 1}]
+    assert joined["StaticRoutes"] == [{"Destination": "169.254.1.1/32", "RouteType": 1},
+                                      {"Destination": "10.20.10.0/24", "RouteType": 0, "NextHop": "169.254.1.1"}]
     assert joined["DisableGatewayService"] is True
     assert dataplane.workloads[EP] == {"addresses": [address.split("/")[0]], "mac": mac, "mtu": 1500}
     assert ok(client, "NetworkDriver.EndpointOperInfo", {"NetworkID": NET, "EndpointID": EP})["Value"]["mac"] == mac
@@ -238,19 +310,32 @@ def test_mtu_option_and_encapsulation(client, dataplane):
     assert dataplane.workloads[EP]["mtu"] == 1450  # underlay 1500 - vxlan 50
 
 
-def test_second_network_in_one_sandbox_gets_its_own_gateway(client, store):
-    make_network(client)
+def test_second_network_in_one_sandbox_gets_its_own_gateway(client, store, dataplane):
+    make_network(client, v6="fd00:20::/64")
     other = "d" * 64
     ok(client, "IpamDriver.RequestPool", {"Pool": "10.20.20.0/24"})
+    ok(client, "IpamDriver.RequestPool", {"Pool": "fd00:21::/64", "V6": True})
     ok(client, "NetworkDriver.CreateNetwork", {"NetworkID": other, "IPv4Data": [
-        {"Pool": "10.20.20.0/24", "Gateway": "169.254.1.1/32"}]})
-    for ep, net, addr in ((EP, NET, "10.20.10.9/32"), (EP2, other, "10.20.20.9/32")):
+        {"Pool": "10.20.20.0/24", "Gateway": "169.254.1.1/32"}], "IPv6Data": [
+        {"Pool": "fd00:21::/64", "Gateway": "fe80::ecee:eeff:feee:eeee/128"}]})
+    for ep, net, addr, addr6 in ((EP, NET, "10.20.10.9/32", "fd00:20::9/128"),
+                                 (EP2, other, "10.20.20.9/32", "fd00:21::9/128")):
         ok(client, "NetworkDriver.CreateEndpoint", {"NetworkID": net, "EndpointID": ep,
-                                                    "Interface": {"Address": addr}})
+                                                    "Interface": {"Address": addr, "AddressIPv6": addr6}})
     first = ok(client, "NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP, "SandboxKey": "/sb"})
+    assert dataplane.gateway6 == "fe80::ecee:eeff:feee:eeee"
     second = ok(client, "NetworkDriver.Join", {"NetworkID": other, "EndpointID": EP2, "SandboxKey": "/sb"})
-    assert first["Gateway"] == "169.254.1.1" and second["Gateway"] == "169.254.1.2"
+    assert dataplane.gateway6 == "fe80::1:2"  # the host side answers for it
+    # every interface offers a gateway of each family: Docker's choice (gw-priority) decides
+    assert (first["Gateway"], first["GatewayIPv6"]) == ("169.254.1.1", "fe80::ecee:eeff:feee:eeee")
+    assert (second["Gateway"], second["GatewayIPv6"]) == ("169.254.1.2", "fe80::1:2")
+    # ... and each network's pools are routed through its own interface, whichever has the default
+    assert {"Destination": "10.20.10.0/24", "RouteType": 0, "NextHop": "169.254.1.1"} in first["StaticRoutes"]
+    assert {"Destination": "fd00:20::/64", "RouteType": 0,
+            "NextHop": "fe80::ecee:eeff:feee:eeee"} in first["StaticRoutes"]
     assert {"Destination": "10.20.20.0/24", "RouteType": 0, "NextHop": "169.254.1.2"} in second["StaticRoutes"]
+    assert {"Destination": "fd00:21::/64", "RouteType": 0, "NextHop": "fe80::1:2"} in second["StaticRoutes"]
+    assert {"Destination": "fe80::1:2/128", "RouteType": 1} in second["StaticRoutes"]
     destinations = [r["Destination"] for r in first["StaticRoutes"] + second["StaticRoutes"]]
     assert len(destinations) == len(set(destinations)), "no route may be installed twice"
     ok(client, "NetworkDriver.Leave", {"NetworkID": NET, "EndpointID": EP})
@@ -261,7 +346,20 @@ def test_second_network_in_one_sandbox_gets_its_own_gateway(client, store):
                                              "SandboxKey": "/sb"})["Gateway"] == "169.254.1.1"
 
 
-def test_ipv6_endpoint_gets_link_local_gateway(client, dataplane):
+def test_a_pool_routed_by_another_interface_is_not_routed_twice(client, store):
+    make_network(client)
+    other = "d" * 64  # a second network on the same subnet
+    ok(client, "NetworkDriver.CreateNetwork", {"NetworkID": other, "IPv4Data": [
+        {"Pool": "10.20.10.0/24", "Gateway": "169.254.1.1/32"}]})
+    for ep, net, addr in ((EP, NET, "10.20.10.9/32"), (EP2, other, "10.20.10.10/32")):
+        ok(client, "NetworkDriver.CreateEndpoint", {"NetworkID": net, "EndpointID": ep,
+                                                    "Interface": {"Address": addr}})
+    ok(client, "NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP, "SandboxKey": "/sb"})
+    second = ok(client, "NetworkDriver.Join", {"NetworkID": other, "EndpointID": EP2, "SandboxKey": "/sb"})
+    assert second["StaticRoutes"] == [{"Destination": "169.254.1.2/32", "RouteType": 1}]
+
+
+def test_ipv6_endpoint_gets_link_local_gateway_and_a_connected_route_to_it(client, dataplane):
     make_network(client, v6="fd00:20::/64")
     address = ok(client, "IpamDriver.RequestAddress", {"PoolID": "fd00:20::/64"})["Address"]
     assert address.endswith("/128")
@@ -269,7 +367,37 @@ def test_ipv6_endpoint_gets_link_local_gateway(client, dataplane):
                                                 "Interface": {"Address": "10.20.10.9/32", "AddressIPv6": address}})
     joined = ok(client, "NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP, "SandboxKey": "/x"})
     assert joined["GatewayIPv6"] == "fe80::ecee:eeff:feee:eeee"
+    # Docker 26 resolves the gateway right after link-up: the connected route must already be there
+    assert {"Destination": "fe80::ecee:eeff:feee:eeee/128", "RouteType": 1} in joined["StaticRoutes"]
     assert address.split("/")[0] in dataplane.workloads[EP]["addresses"]
+
+
+def test_ipv6_only_network(client, store, dataplane):
+    """28's --ipv4=false: no IPv4Data; the endpoint gets only an IPv6 gateway and no gwbridge."""
+    p6 = ok(client, "IpamDriver.RequestPool", {"Pool": "fd00:20::/64", "V6": True})
+    ok(client, "NetworkDriver.GwAllocCheck", {"Options": {"com.docker.network.enable_ipv4": False,
+                                                          "com.docker.network.enable_ipv6": True}})
+    ok(client, "NetworkDriver.CreateNetwork", {"NetworkID": NET, "IPv4Data": [], "IPv6Data": [
+        {"Pool": p6["Pool"], "Gateway": p6["Data"]["com.docker.network.gateway"]}], "Options": {
+        "com.docker.network.enable_ipv4": False, "com.docker.network.enable_ipv6": True,
+        "com.docker.network.generic": {}}})
+    address = ok(client, "IpamDriver.RequestAddress", {"PoolID": "fd00:20::/64"})["Address"]
+    ok(client, "NetworkDriver.CreateEndpoint", {"NetworkID": NET, "EndpointID": EP,
+                                                "Interface": {"AddressIPv6": address}})
+    joined = ok(client, "NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP, "SandboxKey": "/x"})
+    assert "Gateway" not in joined and joined["GatewayIPv6"] == "fe80::ecee:eeff:feee:eeee"
+    assert joined["DisableGatewayService"] is True
+    assert all(":" in r["Destination"] for r in joined["StaticRoutes"])
+    assert dataplane.workloads[EP]["addresses"] == [address.split("/")[0]]
+
+
+def test_docker_29_endpoint_name_is_kept_on_the_address(client, store):
+    make_network(client)
+    got = ok(client, "IpamDriver.RequestAddress", {"PoolID": "10.20.10.0/24", "Options": {
+        "com.docker.network.endpoint.name": "web-1"}})["Address"].split("/")[0]
+    assert address_info(store, got).allocation.attrs["name"] == "web-1"
+    plain = ok(client, "IpamDriver.RequestAddress", {"PoolID": "10.20.10.0/24"})["Address"].split("/")[0]
+    assert "name" not in address_info(store, plain).allocation.attrs
 
 
 def test_join_failure_leaves_no_sandbox_and_no_interface(client, store, dataplane):
