@@ -12,8 +12,15 @@ Design (see /work/shared/notes/multihost-lab.md for the recipe and its traps):
   between that netns and the underlay (nothing touches the root netns); an
   *anchor* process (``anchor.py``) holding a private mount ns (fresh sysfs,
   own /run and /etc/docker) and a UTS ns (hostname ``hostI``); and a
-  ``dockerd`` started inside those namespaces with ``--bridge=none
-  --iptables=false --ip-masq=false`` and every path under ``STATE/hostI``;
+  ``dockerd`` of the lab's **engine** (``20.10``, ``26`` or ``28``: Debian's
+  docker.io of bookworm, trixie or sid, fetched into a cache on demand by
+  ``engines.py``) started inside those namespaces with every path under
+  ``STATE/hostI``, and with Docker's own firewall on (Docker's defaults:
+  iptables rules and ``docker0`` inside the host netns) unless
+  ``docker_firewall`` is off (then ``--bridge=none --iptables=false
+  --ip-masq=false``); see ``hostengine.py``. The engine and the firewall
+  choice are recorded in ``state.json``; ``docker``/``Lab.docker`` use the
+  engine's own CLI and, through ``DOCKER_CONFIG``, its compose plugin;
 * the image ``warren-lab/busybox:latest`` imported on every host;
 * unless ``node=False``, ``warrenctl node start`` on every host;
 * blackhole guard routes in the root netns while the lab exists.
@@ -44,7 +51,7 @@ import sys
 import time
 from typing import Any, Callable, Iterable, Mapping
 
-from . import dockerapi, etcd, image, net, procs, state
+from . import dockerapi, engines, etcd, hostengine, image, net, procs, state
 from .layout import (DEFAULT_NAME, FIRST_ATTACH_OCTET, GUARD_PROTO, IMAGE, MAX_ETCD_MEMBERS,
                      MAX_HOSTS, STATE_ROOT, EtcdMemberLayout, HostLayout, Layout, check_name)
 
@@ -103,14 +110,43 @@ class Lab:
 
     def __init__(self, name: str = DEFAULT_NAME, *, root: str = STATE_ROOT,
                  warrenctl: str | None = None, docker: str | None = None,
-                 dockerd: str = DOCKERD, etcd: str = "etcd", busybox: str = image.BUSYBOX):
+                 dockerd: str | None = None, etcd: str = "etcd", busybox: str = image.BUSYBOX):
+        """``docker``/``dockerd`` override the engine's CLI and daemon (normally left out)."""
         self.name = check_name(name)
         self.root = root
         self.warrenctl = warrenctl or default_warrenctl()
-        self.docker_cli = docker or preferred_docker()
-        self.dockerd = dockerd
+        self._docker_cli = docker
+        self._dockerd = dockerd
         self.etcd_bin = etcd
         self.busybox = busybox
+
+    # --- the engine ---------------------------------------------------------------
+
+    @property
+    def engine(self) -> engines.Engine | None:
+        """The engine this lab runs (from its state; None while no lab exists)."""
+        st = self._load()
+        return hostengine.from_state(st) if st else None
+
+    @property
+    def docker_cli(self) -> str:
+        """The docker CLI for this lab's hosts: the engine's own."""
+        if self._docker_cli:
+            return self._docker_cli
+        eng = self.engine
+        return eng.docker if eng else preferred_docker()
+
+    @property
+    def dockerd(self) -> str:
+        if self._dockerd:
+            return self._dockerd
+        eng = self.engine
+        return eng.dockerd if eng else DOCKERD
+
+    @property
+    def docker_firewall(self) -> bool:
+        st = self._load()
+        return bool(st.get("docker_firewall", False)) if st else hostengine.choose_firewall()
 
     # --- state -----------------------------------------------------------------
 
@@ -178,10 +214,13 @@ class Lab:
         for var in ("WARREN_ETCD_CA", "WARREN_ETCD_CERT", "WARREN_ETCD_KEY"):
             env.pop(var, None)
         env.update(h.lab.etcd_client_env)
-        env.update(WARREN_NODE_NAME=h.name, DOCKER_HOST=h.docker_host, WARREN_LOG_DIR=h.path("log"))
-        # The venv's warrenctl first; busybox stand-ins for missing tools last.
+        env.update(WARREN_NODE_NAME=h.name, DOCKER_HOST=h.docker_host, WARREN_LOG_DIR=h.path("log"),
+                   DOCKER_CONFIG=hostengine.docker_config(h))
+        # The venv's warrenctl first, then the engine's docker, dockerd, containerd,
+        # runc...; busybox stand-ins for missing tools last.
         venv_bin = os.path.dirname(sys.executable)
         path = env.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        path = hostengine.host_path(path, self.engine)
         if venv_bin not in path.split(":"):
             path = f"{venv_bin}:{path}"
         env["PATH"] = f"{path}:{os.path.join(h.lab.dir, 'bin')}"
@@ -229,10 +268,15 @@ class Lab:
 
         hosts = self.hosts()
 
+        eng = hostengine.from_state(st)
+
         def host_status(h: HostLayout) -> dict[str, Any]:
             anchor = procs.read_pidfile(h.path("anchor.pid"))
             dpid = procs.read_pidfile(h.path("dockerd.pid"))
             return {
+                "engine": eng.name if eng else None,
+                "docker_version": hostengine.docker_version(h.docker_sock),
+                "docker_firewall": bool(st.get("docker_firewall", False)),
                 "name": h.name, "netns": h.netns, "hostname": h.name,
                 "anchor_pid": anchor, "anchor_running": procs.matches(anchor, _anchor_needle(h)),
                 "ipv4": h.ipv4, "ipv6": h.ipv6, "underlay_ifname": "eth0",
@@ -254,6 +298,10 @@ class Lab:
             "guard_proto": GUARD_PROTO, "guard_metric": lay.guard_metric,
             "guard_routes": net.list_guards(GUARD_PROTO, lay.guard_metric),
             "image": IMAGE, "node": bool(st.get("node")),
+            "engine": eng.name if eng else None,
+            "engine_packages": eng.packages if eng else {},
+            "docker_firewall": bool(st.get("docker_firewall", False)),
+            "docker_cli": self.docker_cli, "dockerd": self.dockerd,
             "up_seconds": st.get("up_seconds"),
             "attachments": st.get("attachments", []),
             "hosts": _parallel(host_status, hosts),
@@ -306,11 +354,12 @@ class Lab:
 
     # --- up ----------------------------------------------------------------------------
 
-    def _check_tools(self, node: bool, tls: bool = False) -> None:
+    def _check_tools(self, node: bool, tls: bool, eng: engines.Engine) -> None:
         missing = [t for t in ("ip", "nsenter", "unshare", "setsid", self.etcd_bin,
                                *(["openssl"] if tls else []))
                    if shutil.which(t) is None]
-        missing += [p for p in (self.dockerd, self.docker_cli, self.busybox)
+        missing += [p for p in (self._dockerd or eng.dockerd, self._docker_cli or eng.docker,
+                                self.busybox)
                     if not os.access(p, os.X_OK) and shutil.which(p) is None]
         if node and not os.access(self.warrenctl, os.X_OK):
             missing.append(self.warrenctl)
@@ -320,17 +369,28 @@ class Lab:
             raise LabError("warren-lab must run as root")
 
     def up(self, hosts: int, *, node: bool = True, etcd_members: int = 1,
-           etcd_tls: bool = False) -> dict[str, Any]:
+           etcd_tls: bool = False, engine: str | None = None,
+           docker_firewall: bool | str | None = None) -> dict[str, Any]:
         """Create the lab with ``hosts`` hosts; on any failure tear down and raise LabError.
 
         ``etcd_members`` > 1 runs a static etcd cluster of that size instead of
         one etcd; ``etcd_tls`` makes etcd require client certificates (https).
+        ``engine`` (``20.10``, ``26``, ``28``; default ``$WARREN_LAB_ENGINE``, else
+        ``28``) is fetched first if it is not cached; ``docker_firewall`` (True/False
+        or ``on``/``off``; default ``$WARREN_LAB_DOCKER_FIREWALL``, else on) runs
+        dockerd with Docker's own iptables rules and docker0, as on a real host.
         """
         if not 1 <= hosts <= MAX_HOSTS:
             raise LabError(f"--hosts must be between 1 and {MAX_HOSTS}")
         if not 1 <= etcd_members <= MAX_ETCD_MEMBERS:
             raise LabError(f"--etcd-members must be between 1 and {MAX_ETCD_MEMBERS}")
-        self._check_tools(node, etcd_tls)
+        try:
+            engine_name = hostengine.choose_engine(engine)
+            firewall = hostengine.choose_firewall(docker_firewall)
+            eng = engines.ensure(engine_name)
+        except (hostengine.ChoiceError, engines.EngineError) as exc:
+            raise LabError(str(exc)) from None
+        self._check_tools(node, etcd_tls, eng)
         t0 = time.monotonic()
         try:
             state.create(self.name, self.root)
@@ -339,6 +399,8 @@ class Lab:
 
         def record_hosts(s: dict[str, Any]) -> None:
             s["node"] = node
+            s["engine"] = eng.to_json()
+            s["docker_firewall"] = firewall
             s["etcd"] = {"members": etcd_members, "tls": etcd_tls}
             s["hosts"] = {f"host{i}": {} for i in range(1, hosts + 1)}
         lay = state.layout_of(self._update(record_hosts))
@@ -475,14 +537,18 @@ class Lab:
             etcd.make_netns(m)
         etcd_pids: dict[EtcdMemberLayout, int | None] = {m: etcd.start(m, self.etcd_bin) for m in lay.etcd}
         self._record_etcd_pids(etcd_pids)
+        firewall = self.docker_firewall
         for h in layouts:
-            self._make_host_net(h)
+            self._make_host_net(h, forwarding=not firewall)
         anchors = {h.name: self._spawn_anchor(h) for h in layouts}
         self._update(lambda s: [s["hosts"][n].update(anchor_pid=p) for n, p in anchors.items()])
         for h in layouts:
             self._wait_anchor(h, anchors[h.name])
         log.debug("namespaces ready in %.2fs", time.monotonic() - t)
 
+        eng = self.engine
+        for h in layouts:
+            hostengine.prepare_host(h, eng)
         dockerds = {h.name: self._spawn_dockerd(h) for h in layouts}
         self._update(lambda s: [s["hosts"][n].update(dockerd_pid=p) for n, p in dockerds.items()])
         rootfs = image.rootfs_tar(self.busybox)
@@ -521,10 +587,16 @@ class Lab:
         net.ip("addr", "add", f"{lay.gateway_v6}/64", "dev", lay.bridge, "nodad", netns=ul)
         net.ip("link", "set", lay.bridge, "up", netns=ul)
 
-    def _make_host_net(self, h: HostLayout) -> None:
+    def _make_host_net(self, h: HostLayout, forwarding: bool = True) -> None:
+        """The host's netns and underlay link. Without ``forwarding`` the netns starts
+        with forwarding off, as a real host boots: with its firewall on,
+        dockerd then enables IPv4 forwarding itself and sets FORWARD's policy to
+        DROP, and Warren's node enables what it needs."""
         lay, ns = h.lab, h.netns
         net.netns_add(ns)
-        net.set_sysctls(ns, {"net.ipv4.ip_forward": "1", "net.ipv6.conf.all.forwarding": "1"})
+        # A new netns copies IPv4's setting from the root netns: set both explicitly.
+        on = "1" if forwarding else "0"
+        net.set_sysctls(ns, {"net.ipv4.ip_forward": on, "net.ipv6.conf.all.forwarding": on})
         net.add_veth(lay.ul_netns, h.ul_veth, ns, "eth0")
         net.ip("link", "set", h.ul_veth, "master", lay.bridge, "up", netns=lay.ul_netns)
         net.ip("addr", "add", f"{h.ipv4}/24", "dev", "eth0", netns=ns)
@@ -567,12 +639,8 @@ class Lab:
         self._wait_dockerd(h, new)
 
     def _spawn_dockerd(self, h: HostLayout) -> int:
-        argv = self.nsenter_argv(h, [
-            self.dockerd, "-H", h.docker_host,
-            "--data-root", h.path("data"), "--exec-root", h.path("exec"),
-            "--pidfile", h.path("dockerd.pid"), "--cgroup-parent", "/" + h.cgroup,
-            "--storage-driver", "overlay2", "--shutdown-timeout", "2",
-            "--bridge=none", "--iptables=false", "--ip-masq=false"], cwd="/")
+        argv = self.nsenter_argv(h, hostengine.dockerd_argv(h, self.dockerd, self.docker_firewall),
+                                 cwd="/")
         env = self.env(h)
         env.pop("DOCKER_HOST", None)
         return procs.spawn_daemon(argv, h.path("dockerd.log"), env=env)

@@ -1,6 +1,7 @@
 """warren-lab: a multi-host Docker lab in network namespaces, for Warren's tests.
 
     warren-lab up --hosts N [--name LAB] [--no-node] [--etcd-members M] [--etcd-tls]
+                  [--engine 20.10|26|28] [--docker-firewall on|off]
     warren-lab down [--name LAB]
     warren-lab status [--json] [--name LAB]
     warren-lab exec [--name LAB] HOST -- CMD...
@@ -10,7 +11,8 @@
 
 ``--name`` may also come before the command; its default is $WARREN_LAB_NAME
 or ``wl``. Expected failures are one line on stderr and exit 1; ``--debug``
-adds logs and tracebacks. ``exec`` and ``docker`` replace this process with
+adds logs and tracebacks. ``--engine`` defaults to $WARREN_LAB_ENGINE, else 28
+(the newest); ``--docker-firewall`` to $WARREN_LAB_DOCKER_FIREWALL, else on. ``exec`` and ``docker`` replace this process with
 the command, so its stdin/stdout and exit status pass straight through.
 """
 from __future__ import annotations
@@ -24,9 +26,9 @@ import sys
 
 from ..cli import CliError, OneLineParser, run
 from .lab import Lab, LabError
+from .engines import ENGINES
+from .hostengine import ENGINE_ENV, FIREWALL_ENV
 from .layout import DEFAULT_NAME, MAX_ETCD_MEMBERS, MAX_HOSTS
-
-
 
 
 def _default_name() -> str:
@@ -50,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"run a static etcd cluster of M members (1..{MAX_ETCD_MEMBERS}; default 1)")
     p.add_argument("--etcd-tls", action="store_true",
                    help="etcd over https with client certificates (a lab CA made with openssl)")
+    p.add_argument("--engine", metavar="E",
+                   help=f"Docker engine of every host: {' | '.join(ENGINES)} "
+                        f"(default: ${ENGINE_ENV}, else the newest); fetched on first use")
+    p.add_argument("--docker-firewall", metavar="on|off",
+                   help=f"dockerd with Docker's own iptables rules and docker0 (default: "
+                        f"${FIREWALL_ENV}, else on)")
     p.add_argument("--json", action="store_true", help="print the status as JSON")
     p.set_defaults(func=cmd_up)
 
@@ -94,18 +102,22 @@ def _print_status(st: dict) -> None:
     for m in st.get("etcd_members", []):
         print(f"  etcd {m['name']} {m['endpoint']} {'up' if m['running'] else 'DOWN'} "
               f"pid {m['pid']}{'' if m['netns'] == st['underlay_netns'] else ' netns ' + m['netns']}{tls}")
+    pkgs = ", ".join(f"{p} {v}" for p, v in sorted(st.get("engine_packages", {}).items()))
+    print(f"  engine {st.get('engine')} ({pkgs or 'unknown'}), docker firewall "
+          f"{'on' if st.get('docker_firewall') else 'off'}")
     print(f"  guards proto {st['guard_proto']} metric {st['guard_metric']}: "
           f"{' '.join(st['guard_routes']) or 'none'}")
     for h in st["hosts"]:
         print(f"  {h['name']}: netns {h['netns']} {h['ipv4']} {h['ipv6']} anchor {h['anchor_pid']} "
-              f"dockerd {'up' if h['dockerd_running'] else 'DOWN'} {h['docker_host']}")
+              f"dockerd {h.get('docker_version') or '?'} {'up' if h['dockerd_running'] else 'DOWN'} "
+              f"{h['docker_host']}")
     for a in st["attachments"]:
         print(f"  attached {a['netns']}: {a['ifname']} {a['ipv4']} {a['ipv6']}")
 
 
 def cmd_up(args: argparse.Namespace, lab: Lab) -> int:
     st = lab.up(args.hosts, node=not args.no_node, etcd_members=args.etcd_members,
-                etcd_tls=args.etcd_tls)
+                etcd_tls=args.etcd_tls, engine=args.engine, docker_firewall=args.docker_firewall)
     if args.json:
         print(json.dumps(st, indent=2))
     else:
