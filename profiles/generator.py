@@ -110,9 +110,13 @@ FROM_DISPATCH = "WARREN-FROM-WL"
 TO_DISPATCH = "WARREN-TO-WL"
 ALLOW = "WARREN-ALLOW"
 ALLOW_HOST = "WARREN-ALLOW-HOST"
+DOCKER_BOUNDARY = "WARREN-DOCKER"
 STATIC_CHAINS = (FORWARD_CHAIN, INPUT_CHAIN, WL_FORWARD, WL_INPUT, FROM_DISPATCH,
-                 TO_DISPATCH, ALLOW, ALLOW_HOST)
+                 TO_DISPATCH, ALLOW, ALLOW_HOST, DOCKER_BOUNDARY)
 PARENT_JUMPS = {"FORWARD": FORWARD_CHAIN, "INPUT": INPUT_CHAIN}  # the agent inserts these first
+DOCKER_USER = "DOCKER-USER"  # dockerd keeps its jump first in FORWARD; the agent puts ours first in it
+OPTIONAL_PARENT_JUMPS = {DOCKER_USER: FORWARD_CHAIN}  # ... when the chain exists
+DEFAULT_DOCKER_BRIDGES = ("docker0",)  # Docker's default bridge: always treated as Docker's
 
 ACCEPT_MARK = 0x1000000  # a profile allowed the packet (cleared by every endpoint chain)
 HOST_MARK = 0x2000000    # ... by a rule that names a destination CIDR (opens the host)
@@ -133,6 +137,7 @@ class LocalEndpoint:
     ipv4: Sequence[str] = field(default_factory=list)
     ipv6: Sequence[str] = field(default_factory=list)
     profiles: Sequence[str] = field(default_factory=list)  # in order of precedence
+    internal: bool = False                       # on an --internal network: confined to the pools
 
     def addresses(self, version: int) -> list[str]:
         return _addresses(self.ipv4 if version == 4 else self.ipv6, version)
@@ -146,6 +151,7 @@ class Ruleset:
     ipsets: str                 # ipset restore input
     chains: frozenset[str]      # every chain the filter text defines
     sets: frozenset[str]        # every tag set the ipset text defines
+    pools: str = ""             # ipset restore input that (re)fills the pools set
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -258,6 +264,33 @@ def anti_spoof_lines(chain: str, addresses: list[str], version: int) -> list[str
                f"-A {chain} {_mark(0, ACCEPT_MARK)}"])
 
 
+def internal_line(chain: str, outbound: bool, version: int) -> str:
+    """An --internal endpoint's bound: nothing outside the pools, either way.
+
+    Outbound, the host itself (a LOCAL destination: INPUT) is left to the
+    usual workload-to-host rules; a published port of this host was DNATed
+    before the filter table, so it counts as its real destination."""
+    pools = names.POOLS_SET[version]
+    if outbound:
+        return (f"-A {chain} -m set ! --match-set {pools} dst -m addrtype ! --dst-type LOCAL "
+                f"{_comment('warren: internal network, destination outside the pools')} -j DROP")
+    return (f"-A {chain} -m set ! --match-set {pools} src "
+            f"{_comment('warren: internal network, source outside the pools')} -j DROP")
+
+
+def docker_lines(bridges: Iterable[str]) -> list[str]:
+    """WARREN-DOCKER: between a workload and one of Docker's bridges only a published port
+    (a connection some DNAT rule of this host redirected: Docker's ``-p`` or Warren's)."""
+    lines = []
+    for bridge in sorted({names.check_iface(b) for b in (*DEFAULT_DOCKER_BRIDGES, *bridges)}):
+        not_published = "-m conntrack ! --ctstate DNAT"
+        lines += [f"-A {DOCKER_BOUNDARY} -i {bridge} {not_published} "
+                  f"{_comment('warren: Docker bridge to workload, not a published port')} -j DROP",
+                  f"-A {DOCKER_BOUNDARY} -o {bridge} {not_published} "
+                  f"{_comment('warren: workload to Docker bridge, not a published port')} -j DROP"]
+    return lines
+
+
 def endpoint_lines(endpoint: LocalEndpoint, direction: str, profiles: Mapping[str, Profile],
                    version: int) -> list[str]:
     """``WARREN-FW-<iface>`` (outbound) or ``WARREN-TW-<iface>`` (inbound)."""
@@ -266,6 +299,8 @@ def endpoint_lines(endpoint: LocalEndpoint, direction: str, profiles: Mapping[st
     lines = [f"-A {chain} {_mark(0, ACCEPT_MARK | HOST_MARK)}"]
     if outbound:
         lines += anti_spoof_lines(chain, endpoint.addresses(version), version)
+    if endpoint.internal:
+        lines.append(internal_line(chain, outbound, version))
     for name in endpoint.profiles:
         if name not in profiles:
             lines.append(f"-A {chain} {_comment(f'warren: profile {name} is missing')} -j DROP")
@@ -307,6 +342,7 @@ def _static_lines(version: int, host_policy: str, prefix: str) -> list[str]:
              f"-A {FORWARD_CHAIN} -o {wl} -g {WL_FORWARD}",
              f"-A {WL_FORWARD} {established}",
              f"-A {WL_FORWARD} {invalid}",
+             f"-A {WL_FORWARD} -j {DOCKER_BOUNDARY}",
              f"-A {WL_FORWARD} -i {wl} -j {FROM_DISPATCH}",
              f"-A {WL_FORWARD} -o {wl} -m conntrack --ctstate DNAT {_comment('warren: published port')}"
              " -j ACCEPT",
@@ -329,8 +365,11 @@ def _static_lines(version: int, host_policy: str, prefix: str) -> list[str]:
 
 
 def chain_rules(endpoints: Iterable[LocalEndpoint], profiles: Mapping[str, Profile], version: int,
-                host_policy: str = "drop", workload_prefix: str = WORKLOAD_PREFIX) -> dict[str, list[str]]:
-    """Every chain warren wants for ``version``: name -> its ``-A`` lines, in declaration order."""
+                host_policy: str = "drop", workload_prefix: str = WORKLOAD_PREFIX,
+                docker_bridges: Iterable[str] = ()) -> dict[str, list[str]]:
+    """Every chain warren wants for ``version``: name -> its ``-A`` lines, in declaration order.
+
+    ``docker_bridges``: Docker's bridge interfaces on this host (``docker0`` is always one)."""
     _check_version(version)
     if host_policy not in HOST_POLICIES:
         raise ValueError(f"invalid host policy {host_policy!r}: use drop or accept")
@@ -348,6 +387,7 @@ def chain_rules(endpoints: Iterable[LocalEndpoint], profiles: Mapping[str, Profi
     chains: dict[str, list[str]] = {name: [] for name in STATIC_CHAINS}
     for line in _static_lines(version, host_policy, workload_prefix):
         chains[line.split()[1]].append(line)
+    chains[DOCKER_BOUNDARY] = docker_lines(docker_bridges)
     chains.update(_dispatch_chains(eps, True, workload_prefix))
     chains.update(_dispatch_chains(eps, False, workload_prefix))
     for e in eps:
@@ -391,14 +431,14 @@ def restore_text(wanted: Mapping[str, list[str]], applied: Mapping[str, list[str
 
 def filter_rules(endpoints: Iterable[LocalEndpoint], profiles: Mapping[str, Profile], version: int,
                  host_policy: str = "drop", existing_chains: Iterable[str] = (),
-                 workload_prefix: str = WORKLOAD_PREFIX) -> str:
+                 workload_prefix: str = WORKLOAD_PREFIX, docker_bridges: Iterable[str] = ()) -> str:
     """``iptables-restore --noflush`` text for the filter table of ``version``, all chains.
 
     ``existing_chains`` are the chains in the kernel now: per-endpoint and
     per-profile chains among them that are no longer wanted are flushed and
     deleted in the same commit.
     """
-    wanted = chain_rules(endpoints, profiles, version, host_policy, workload_prefix)
+    wanted = chain_rules(endpoints, profiles, version, host_policy, workload_prefix, docker_bridges)
     return restore_text(wanted, None, existing_chains) or ""
 
 
@@ -461,13 +501,32 @@ def ipset_text(sets: Mapping[str, Sequence[str]], version: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def pool_members(cidrs: Iterable[str], version: int) -> list[str]:
+    """The pools of ``version`` among ``cidrs``, canonical and sorted."""
+    _check_version(version)
+    nets = {ipaddress.ip_network(c, strict=False) for c in cidrs}
+    return [str(n) for n in sorted(n for n in nets if n.version == version)]
+
+
+def pools_text(cidrs: Iterable[str], version: int) -> str:
+    """``ipset restore`` text that (re)fills the pools set of ``version`` (``hash:net``) atomically."""
+    name = names.POOLS_SET[version]
+    tmp = name + "-tmp"
+    create = f"hash:net family {FAMILIES[version]} -exist"
+    return "\n".join([f"create {name} {create}", f"create {tmp} {create}", f"flush {tmp}",
+                      *(f"add {tmp} {c}" for c in pool_members(cidrs, version)),
+                      f"swap {tmp} {name}", f"destroy {tmp}"]) + "\n"
+
+
 def build(endpoints: Iterable[LocalEndpoint], profiles: Mapping[str, Profile],
           members: Mapping[str, Iterable[str]], version: int, host_policy: str = "drop",
-          existing_chains: Iterable[str] = ()) -> Ruleset:
-    """Everything one IP version needs, consistent: every set the rules name exists."""
+          existing_chains: Iterable[str] = (), docker_bridges: Iterable[str] = (),
+          pools: Iterable[str] = ()) -> Ruleset:
+    """Everything one IP version needs, consistent: every set the rules name exists.
+    Apply ``pools`` and ``ipsets`` before ``filter``."""
     eps = list(endpoints)
-    wanted = chain_rules(eps, profiles, version, host_policy)
+    wanted = chain_rules(eps, profiles, version, host_policy, docker_bridges=docker_bridges)
     tags = referenced_tags(eps, profiles, version)
     return Ruleset(version, restore_text(wanted, None, existing_chains) or "",
                    ipset_rules(tags, members, version), frozenset(wanted),
-                   frozenset(names.tag_set(t, version) for t in tags))
+                   frozenset(names.tag_set(t, version) for t in tags), pools_text(pools, version))

@@ -9,6 +9,9 @@ uniqueness), so they are short and stable whatever the name's length:
     profile "web-frontend", inbound   -> WARREN-PI-web-fro-<10 hex>     (chain)
     tag "web-frontend", IPv4          -> warren-v4-web-fronte-<10 hex>  (set)
 
+Every pool of a family is in ``warren-pools-v4`` / ``warren-pools-v6``
+(``hash:net``; what ``--internal`` endpoints are confined to).
+
 Per-endpoint chains are named after the endpoint's host-side interface
 (``wrn`` + 11 characters of the endpoint id, at most 15 characters by the
 kernel's IFNAMSIZ), which is already short, stable and unique on a host:
@@ -29,6 +32,7 @@ FROM_ENDPOINT = "WARREN-FW-"  # traffic from one workload interface
 TO_ENDPOINT = "WARREN-TW-"    # traffic to one workload interface
 TAG_SET = {4: "warren-v4-", 6: "warren-v6-"}
 TMP_SET = {4: "warren-v4-tmp", 6: "warren-v6-tmp"}  # swap partner while a set is refilled
+POOLS_SET = {4: "warren-pools-v4", 6: "warren-pools-v6"}  # every pool (hash:net): --internal's bounds
 
 FROM_BRANCH = "WARREN-FD-"   # a branch of the from-workload dispatch tree
 TO_BRANCH = "WARREN-TD-"     # ... of the to-workload one

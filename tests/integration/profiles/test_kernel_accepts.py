@@ -79,3 +79,20 @@ def test_rules_and_sets_load_and_reload(version):
         for name in stale:
             sh(ns, "ipset", "destroy", name)
         assert names.TMP_SET[version] not in sets
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_docker_boundary_and_internal_endpoints_load(version):
+    internal = g.LocalEndpoint("i", "wrniiiiiiiiiii", ["10.0.1.1"], ["fd00:1::1"], ["web"], internal=True)
+    with temp_netns("wpd") as ns:
+        rs = g.build([*ENDPOINTS, internal], profiles(), MEMBERS, version,
+                     docker_bridges=["br-0123456789ab", "mybridge"], pools=["10.0.0.0/16", "fd00::/48"])
+        _restore(ns, ["ipset", "restore"], rs.pools)
+        apply(ns, rs)
+        saved = sh(ns, f"{TOOLS[version]}-save", "-t", "filter").stdout
+        assert "-A WARREN-DOCKER -o mybridge -m conntrack ! --ctstate DNAT" in saved
+        assert "--match-set warren-pools-v%d dst -m addrtype ! --dst-type LOCAL" % version in saved
+        listed = sh(ns, "ipset", "list", names.POOLS_SET[version]).stdout
+        assert ("10.0.0.0/16" in listed) == (version == 4) and ("fd00::/48" in listed) == (version == 6)
+        _restore(ns, ["ipset", "restore"], g.pools_text(["10.0.0.0/16", "10.5.0.0/24"], version))
+        assert ("10.5.0.0/24" in sh(ns, "ipset", "list", names.POOLS_SET[version]).stdout) == (version == 4)

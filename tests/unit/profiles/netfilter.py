@@ -3,7 +3,8 @@
 It understands exactly the matches and targets profiles.generator emits
 (and raises on anything else, so it cannot silently ignore a match):
 ``-i/-o`` (with ``+``), ``-s/-d``, ``-p``, ``!``, conntrack ``--ctstate``,
-set ``--match-set``, multiport ``--sports/--dports``, icmp/icmp6 types,
+set ``--match-set`` (``hash:ip`` and ``hash:net`` members), addrtype ``--dst-type LOCAL``
+(true exactly for INPUT packets: those with no output interface), multiport ``--sports/--dports``, icmp/icmp6 types,
 ``--mark``, comments; targets ACCEPT, DROP, RETURN, MARK ``--set-xmark``,
 ``-j CHAIN`` (call) and ``-g CHAIN`` (goto: no return frame). ipset restore
 text (create/flush/add/swap/destroy) is modelled too, so the swap logic is
@@ -46,7 +47,9 @@ def ipsets(text: str, sets: dict[str, set[str]] | None = None) -> dict[str, set[
         elif cmd == "flush":
             sets[name].clear()
         elif cmd == "add":
-            sets[name].add(str(ipaddress.ip_address(words[2])))
+            member = words[2]
+            sets[name].add(str(ipaddress.ip_network(member)) if "/" in member
+                           else str(ipaddress.ip_address(member)))
         elif cmd == "swap":
             other = words[2]
             sets[name], sets[other] = sets[other], sets[name]
@@ -131,7 +134,7 @@ class Netfilter:
                 i += 2  # the module name; its options follow
                 continue
             elif w in ("--ctstate", "--sports", "--dports", "--icmp-type", "--icmpv6-type",
-                       "--mark"):
+                       "--mark", "--dst-type"):
                 line.matches.append(Match(w, (words[i + 1],), negate))
                 i += 2
             elif w == "--match-set":
@@ -173,10 +176,14 @@ class Netfilter:
         elif m.kind == "--mark":
             want, mask = _mask(value)
             hit = p.mark & mask == want
+        elif m.kind == "--dst-type":
+            assert value == "LOCAL", value
+            hit = not p.iout
         elif m.kind == "set":
             name, direction = m.args
-            addr = str(ipaddress.ip_address(p.src if direction == "src" else p.dst))
-            hit = addr in self.sets[name]
+            addr = ipaddress.ip_address(p.src if direction == "src" else p.dst)
+            hit = any(addr in ipaddress.ip_network(member) if "/" in member else str(addr) == member
+                      for member in self.sets[name])
         else:  # pragma: no cover
             raise AssertionError(m.kind)
         return hit != m.negated

@@ -41,6 +41,7 @@ def test_default_profile_for_one_endpoint_v4():
     assert chain(text, g.WL_FORWARD) == [
         "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
         "-m conntrack --ctstate INVALID -j DROP",
+        "-j WARREN-DOCKER",
         "-i wrn+ -j WARREN-FROM-WL",
         '-o wrn+ -m conntrack --ctstate DNAT -m comment --comment "warren: published port" -j ACCEPT',
         "-o wrn+ -j WARREN-TO-WL",
