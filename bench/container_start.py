@@ -1,52 +1,107 @@
 """Container start cost of Warren, against baselines measured in the same run.
 
-A. In one warren-lab host (its own dockerd): ``docker run --rm IMAGE true`` on a
-   Warren network, on a Docker bridge network, and with ``--net none``,
-   interleaved, ``--runs`` of each. Reports medians and warren/bridge
-   (goal <= 1.3).
-B. Per-endpoint plumbing as a host grows from 10 to ``--endpoints`` endpoints:
-   the plugin's own request path (RequestAddress + CreateEndpoint + Join, real
-   veths and routes, real etcd) in a private network namespace with its own
-   etcd. Reports the median cost of endpoints 11-30 and of the last 20, and
-   their ratio (goal: flat within 1.2x).
+A. In one warren-lab host (its own dockerd, of the engine ``--engine``, with Docker's
+   own firewall on unless ``--docker-firewall off``): ``docker run --rm IMAGE true``
+   on a Warren network, on a Docker bridge network, and with ``--net none``,
+   interleaved, ``--runs`` of each. Reports medians and warren/bridge (goal <= 1.0:
+   as fast as Docker's own bridge). **Timed inside the plugin**: before and after
+   every Warren run, the node's Prometheus exporter (``/metrics`` on
+   ``127.0.0.1:9091`` inside the host's netns, read by a process run in that netns)
+   is scraped; the differences of ``warren_plugin_request_seconds_sum`` per Docker
+   call are that container's time inside the plugin's handlers, summed over
+   RequestAddress, CreateEndpoint, Join and ProgramExternalConnectivity (goal:
+   median <= 10 ms), with the teardown calls of ``--rm`` shown apart.
+B. Per-endpoint plumbing as a host grows to ``--endpoints`` endpoints: the plugin's
+   own request path (RequestAddress, CreateEndpoint, Join, ProgramExternalConnectivity;
+   real veths and routes, real etcd) in a private network namespace with its own etcd,
+   driven by bench/plugin_profile.py (which also says where the time goes). Reports
+   the median cost of endpoints 11-30 and of the last 20, and their ratio (goal:
+   flat within 1.2x), and the cost by kind (etcd, netlink, sysctl, python) for both.
 
 Everything runs in namespaces this script creates and removes; nothing is sent
 outside them.
 
-    python -m bench.container_start [--runs 20] [--endpoints 1000]
+    python -m bench.container_start [--runs 20] [--endpoints 1000] [--engine 28]
+                                    [--docker-firewall on|off] [--parts A,B]
 """
 from __future__ import annotations
 
 import argparse
-import json
-import multiprocessing
+import inspect
 import os
+import re
 import secrets
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 
+from bench import plugin_profile
+from bench.plugin_profile import START_CALLS, STOP_CALLS, Options, by_kind
+from bench.runinfo import header
 from ctl.lab import IMAGE, Lab
-from datastore.localetcd import LocalEtcd
 
-GOAL_START = 1.3
+GOAL_START = 1.0     # warren / bridge
+GOAL_PLUGIN_MS = 10  # the plugin's own time per container, median
 GOAL_FLAT = 1.2
+METRIC = "warren_plugin_request_seconds"
+SCRAPE = ("import urllib.request,sys; sys.stdout.write(urllib.request.urlopen("
+          "'http://127.0.0.1:9091/metrics', timeout=10).read().decode())")
 
 
 # -- A. docker run ---------------------------------------------------------------
 
-def measure_docker_run(runs: int) -> dict[str, list[float]]:
+def parse_latency(text: str) -> dict[str, tuple[float, float]]:
+    """Prometheus text -> {Docker call: (seconds summed, requests)} of the plugin's latency histogram."""
+    out: dict[str, list[float]] = {}
+    pattern = re.compile(rf'^{METRIC}_(sum|count)\{{[^}}]*endpoint="([^"]+)"[^}}]*\}} (\S+)$')
+    for line in text.splitlines():
+        m = pattern.match(line.strip())
+        if m:
+            cell = out.setdefault(m.group(2), [0.0, 0.0])
+            cell[0 if m.group(1) == "sum" else 1] += float(m.group(3))
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+def latency_delta(before: dict[str, tuple[float, float]],
+                  after: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+    """Per call: (seconds, requests) between two scrapes; calls that did not happen are left out."""
+    out = {}
+    for call, (s, n) in after.items():
+        s0, n0 = before.get(call, (0.0, 0.0))
+        if n - n0 > 0:
+            out[call] = (s - s0, n - n0)
+    return out
+
+
+def lab_up(lab: Lab, engine: str | None, firewall: str | None) -> None:
+    wanted = {"engine": engine, "docker_firewall": None if firewall is None else firewall == "on"}
+    wanted = {k: v for k, v in wanted.items() if v is not None}
+    accepted = inspect.signature(lab.up).parameters
+    missing = [k for k in wanted if k not in accepted]
+    if missing:
+        raise SystemExit(f"this warren-lab cannot choose {', '.join(missing)} yet (Lab.up has no such argument)")
+    lab.up(1, node=True, **wanted)
+
+
+def measure_docker_run(runs: int, engine: str | None = None, firewall: str | None = None) -> dict:
     lab = Lab("b" + secrets.token_hex(3))
     try:
-        lab.up(1, node=True)
+        lab_up(lab, engine, firewall)
+        status = lab.status()
+        host = status.get("hosts", [{}])[0]
+        info = {"engine": status.get("engine"), "docker_version": host.get("docker_version"),
+                "docker_firewall": status.get("docker_firewall")}
 
         def docker(*args: str) -> None:
             result = lab.docker("host1", list(args), timeout=120)
             if result.returncode:
                 raise RuntimeError(f"docker {' '.join(args)}: {result.stderr.strip()}")
+
+        def scrape() -> dict[str, tuple[float, float]]:
+            result = lab.exec("host1", [sys.executable, "-c", SCRAPE], timeout=60)
+            if result.returncode:
+                raise RuntimeError(f"metrics scrape in host1: {result.stderr.strip()[-300:]}")
+            return parse_latency(result.stdout)
 
         docker("network", "create", "-d", "warren", "--ipam-driver", "warren",
                "--subnet", "10.20.90.0/24", "wnet")
@@ -55,85 +110,65 @@ def measure_docker_run(runs: int) -> dict[str, list[float]]:
         for extra in kinds.values():  # warm-up: image, plugin activation, first block
             docker("run", "--rm", *extra, IMAGE, "true")
         times: dict[str, list[float]] = {k: [] for k in kinds}
+        plugin: list[dict[str, tuple[float, float]]] = []
         order = list(kinds)
         for i in range(runs):
             for kind in order[i % 3:] + order[:i % 3]:  # rotate who goes first
+                before = scrape() if kind == "warren" else None
                 t = time.perf_counter()
                 docker("run", "--rm", *kinds[kind], IMAGE, "true")
                 times[kind].append(time.perf_counter() - t)
-        return times
+                if before is not None:
+                    plugin.append(latency_delta(before, scrape()))
+        return {"times": times, "plugin": plugin, "info": info}
     finally:
         lab.down()
 
 
+def report_docker_run(result: dict, runs: int) -> None:
+    times, plugin, info = result["times"], result["plugin"], result["info"]
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"\nA. docker run --rm {IMAGE} true, {runs} runs each, interleaved; engine {info['engine']} "
+          f"(dockerd {info['docker_version']}), Docker's firewall {'on' if info['docker_firewall'] else 'off'}")
+    for kind, value in med.items():
+        print(f"   {kind:7s} median {value * 1000:7.1f} ms   (min {min(times[kind]) * 1000:.1f}, "
+              f"max {max(times[kind]) * 1000:.1f})")
+    ratio = med["warren"] / med["bridge"]
+    print(f"   warren/bridge = {ratio:.2f}   goal <= {GOAL_START}   {'PASS' if ratio <= GOAL_START else 'MISS'}")
+    print(f"   warren - none = {(med['warren'] - med['none']) * 1000:.1f} ms (the network's own cost, "
+          "Docker's share included)")
+    pairs = [w / b for w, b in zip(times["warren"], times["bridge"])]
+    print(f"   (same-round warren/bridge ratios: median {statistics.median(pairs):.2f}, "
+          f"min {min(pairs):.2f}, max {max(pairs):.2f})")
+    start = [sum(d.get(c, (0.0, 0))[0] for c in START_CALLS) * 1000 for d in plugin]
+    stop = [sum(d.get(c, (0.0, 0))[0] for c in STOP_CALLS) * 1000 for d in plugin]
+    other = sorted({c for d in plugin for c in d} - set(START_CALLS) - set(STOP_CALLS))
+    print(f"   inside the plugin per Warren container (its latency histogram, scraped around each run):")
+    p = statistics.median(start)
+    print(f"     start calls ({' + '.join(c.split('.')[-1] for c in START_CALLS)}): median {p:.1f} ms "
+          f"(min {min(start):.1f}, max {max(start):.1f})   goal <= {GOAL_PLUGIN_MS} ms   "
+          f"{'PASS' if p <= GOAL_PLUGIN_MS else 'MISS'}")
+    for call in START_CALLS + STOP_CALLS + tuple(other):
+        per = [d.get(call, (0.0, 0)) for d in plugin]
+        ms = [s * 1000 for s, _ in per]
+        print(f"       {call:44s} median {statistics.median(ms):6.1f} ms, mean {statistics.fmean(ms):6.1f} ms, "
+              f"{statistics.fmean(n for _, n in per):.1f} requests per container")
+    print(f"     teardown calls (--rm): median {statistics.median(stop):.1f} ms")
+
+
 # -- B. per-endpoint plumbing --------------------------------------------------------
 
-def _endpoints_in_netns(ns: str, endpoint: str, count: int, conn) -> None:
-    try:
-        from pyroute2 import netns
-        netns.setns(ns)
-        from datastore import Datastore, EtcdConfig
-        from plugin.config import PluginConfig
-        from plugin.dataplane import Dataplane
-        from plugin.wsgi import build
-        dataplane = Dataplane()
-        dataplane.ensure_forwarding()
-        store = Datastore(EtcdConfig.from_env(env={}, endpoints=endpoint))
-        client = build(PluginConfig(host="bench"), store, dataplane).test_client()
-
-        def call(name, body):
-            response = client.post(f"/{name}", data=json.dumps(body))
-            if response.status_code != 200:
-                raise RuntimeError(f"{name}: {response.get_json()}")
-            return response.get_json()
-
-        net = "a" * 64
-        pool = call("IpamDriver.RequestPool", {"Pool": "10.20.0.0/16"})
-        call("NetworkDriver.CreateNetwork", {"NetworkID": net, "IPv4Data": [
-            {"Pool": pool["Pool"], "Gateway": pool["Data"]["com.docker.network.gateway"]}]})
-        costs = []
-        for i in range(count):
-            ep = f"{i:064x}"
-            t = time.perf_counter()
-            address = call("IpamDriver.RequestAddress", {"PoolID": pool["PoolID"]})["Address"]
-            call("NetworkDriver.CreateEndpoint", {"NetworkID": net, "EndpointID": ep,
-                                                  "Interface": {"Address": address}})
-            call("NetworkDriver.Join", {"NetworkID": net, "EndpointID": ep, "SandboxKey": f"/sb/{i}"})
-            costs.append(time.perf_counter() - t)
-        conn.send(("ok", costs))
-    except BaseException as exc:  # report to the parent
-        conn.send(("error", f"{exc.__class__.__name__}: {exc}"))
-    finally:
-        conn.close()
-        os._exit(0)
-
-
-def measure_plumbing(count: int) -> list[float]:
-    ns = "wb" + secrets.token_hex(4)
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    data = tempfile.mkdtemp(prefix="warren-bench-etcd-", dir="/dev/shm" if os.access("/dev/shm", os.W_OK) else None)
-    etcd = None
-    try:
-        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
-        etcd = LocalEtcd(data, netns=ns, die_with_parent=True).start()
-        ctx = multiprocessing.get_context("fork")
-        parent, child = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=_endpoints_in_netns, args=(ns, etcd.endpoint, count, child))
-        proc.start()
-        child.close()
-        if not parent.poll(1800):
-            proc.kill()
-            raise RuntimeError("plumbing benchmark timed out")
-        status, value = parent.recv()
-        proc.join(10)
-        if status != "ok":
-            raise RuntimeError(value)
-        return value
-    finally:
-        if etcd is not None:
-            etcd.stop()
-        shutil.rmtree(data, ignore_errors=True)
-        subprocess.run(["ip", "netns", "del", ns], check=False)
+def report_plumbing(samples: list, count: int) -> None:
+    costs = [s.total(START_CALLS) for s in samples]
+    early, late = statistics.median(costs[10:30]), statistics.median(costs[-20:])
+    flat = late / early
+    print(f"\nB. plugin per-endpoint plumbing ({' + '.join(c.split('.')[-1] for c in START_CALLS)}), "
+          f"1 host growing to {count} endpoints")
+    print(f"   endpoints 11-30 median {early * 1000:.2f} ms; last 20 median {late * 1000:.2f} ms")
+    print(f"   late/early = {flat:.2f}   goal <= {GOAL_FLAT}   {'PASS' if flat <= GOAL_FLAT else 'MISS'}")
+    first, last = by_kind(samples[10:30]), by_kind(samples[-20:])
+    print("   by kind, ms per endpoint (mean): " + ", ".join(
+        f"{k} {first[k][0]:.2f} -> {last.get(k, (0.0, 0))[0]:.2f}" for k in first))
 
 
 # -- report ---------------------------------------------------------------------------
@@ -142,30 +177,25 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--endpoints", type=int, default=1000)
+    ap.add_argument("--engine", help="the lab's Docker engine for part A (20.10, 26, 28; "
+                                     "default: warren-lab's, $WARREN_LAB_ENGINE)")
+    ap.add_argument("--docker-firewall", choices=("on", "off"),
+                    help="dockerd's own iptables rules in part A (default: warren-lab's)")
+    ap.add_argument("--parts", default="A,B", help="A, B or A,B")
     args = ap.parse_args(argv)
-    if args.endpoints < 50:
+    parts = {p.strip().upper() for p in args.parts.split(",") if p.strip()}
+    if not parts or parts - {"A", "B"}:
+        ap.error("--parts takes A, B or A,B")
+    if "B" in parts and args.endpoints < 50:
         ap.error("--endpoints must be at least 50")
-    print("Warren container start benchmark")
-    print(f"command: {sys.executable} -m bench.container_start --runs {args.runs} --endpoints {args.endpoints}")
-    print(f"date: {time.strftime('%Y-%m-%d')}, cores: {os.cpu_count()}")
-
-    times = measure_docker_run(args.runs)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"\nA. docker run --rm {IMAGE} true, {args.runs} runs each, interleaved")
-    for kind, value in med.items():
-        print(f"   {kind:7s} median {value * 1000:7.1f} ms   (min {min(times[kind]) * 1000:.1f}, "
-              f"max {max(times[kind]) * 1000:.1f})")
-    ratio = med["warren"] / med["bridge"]
-    print(f"   warren/bridge = {ratio:.2f}   goal <= {GOAL_START}   {'PASS' if ratio <= GOAL_START else 'MISS'}")
-    print(f"   warren - none = {(med['warren'] - med['none']) * 1000:.1f} ms (the network's own cost)")
-
-    costs = measure_plumbing(args.endpoints)
-    early, late = statistics.median(costs[10:30]), statistics.median(costs[-20:])
-    flat = late / early
-    print(f"\nB. plugin per-endpoint plumbing (RequestAddress + CreateEndpoint + Join), "
-          f"1 host growing to {args.endpoints} endpoints")
-    print(f"   endpoints 11-30 median {early * 1000:.2f} ms; last 20 median {late * 1000:.2f} ms")
-    print(f"   late/early = {flat:.2f}   goal <= {GOAL_FLAT}   {'PASS' if flat <= GOAL_FLAT else 'MISS'}")
+    header("Warren container start benchmark", "bench.container_start",
+           sys.argv[1:] if argv is None else argv, flush=True)
+    if "A" in parts:
+        report_docker_run(measure_docker_run(args.runs, args.engine, args.docker_firewall), args.runs)
+    if "B" in parts:
+        samples, _ = plugin_profile.run(Options(containers=args.endpoints, progress=True))
+        report_plumbing(samples, args.endpoints)
+    print(f"\nload average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0
 
 
