@@ -124,8 +124,9 @@ def create_app(network: NetworkDriver, ipam: IpamDriver, scope: str = "local",
 
     @route("NetworkDriver.CreateNetwork")
     def create_network(b):
-        network.create_network(_id(b, "NetworkID"), _map(b, "Options"),
-                               _list(b, "IPv4Data"), _list(b, "IPv6Data"))
+        ipv4, ipv6 = _list(b, "IPv4Data"), _list(b, "IPv6Data")
+        network.create_network(_id(b, "NetworkID"), _map(b, "Options"), ipv4, ipv6)
+        ipam.adopt([str(d.get("Pool")) for d in ipv4 + ipv6])
         return {}
 
     @route("NetworkDriver.DeleteNetwork")
@@ -211,8 +212,7 @@ def create_app(network: NetworkDriver, ipam: IpamDriver, scope: str = "local",
 
     @route("IpamDriver.ReleasePool")
     def release_pool(b):
-        _str(b, "PoolID")
-        return {}
+        return ipam.release_pool(_str(b, "PoolID"))
 
     @route("IpamDriver.RequestAddress")
     def request_address(b):

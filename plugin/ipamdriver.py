@@ -11,20 +11,31 @@
   in the options; ``warrenctl ipam info`` shows it); the answer is a /32
   (/128) so the container routes everything through the host.
 * ``ReleaseAddress`` releases by address (idempotent); ``ReleasePool`` keeps
-  the pool, which other hosts' networks may share.
+  the pool, which other hosts' networks may share - except a pool this
+  process's ``RequestPool`` created for a network that never came to be
+  (dockerd releases the pools of a ``docker network create`` the driver
+  refused): it is removed again if no network record names it and it holds
+  no address, so a refused create leaves nothing in etcd.
 """
 from __future__ import annotations
 
 import ipaddress
+import logging
+import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from ipam import Allocator, InvalidPool, PoolStore, make_pool
+from datastore import codec, keys
+
+from ipam import Allocator, InvalidPool, IpamError, PoolStore, make_pool
 from ipam.pools import Pool, parse_cidr
+from ipam.workloads import Network
 
 from . import metrics
 from .errors import PluginError
+
+log = logging.getLogger(__name__)
 
 PURPOSE = "docker"  # attribute of every address Docker asked for (see ipam check)
 GATEWAY_TYPE = "com.docker.network.gateway"
@@ -66,6 +77,8 @@ def pool_from_options(cidr: str, options: dict[str, str]) -> Pool:
 class IpamDriver:
     allocator: Allocator
     default_pools: dict[int, str]
+    _fresh: set[str] = field(default_factory=set)  # pools RequestPool made, no network yet
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def pools(self) -> PoolStore:
@@ -84,6 +97,8 @@ class IpamDriver:
         if existing is None:
             try:
                 self.pools.add([wanted])
+                with self._lock:
+                    self._fresh.add(wanted.cidr)
             except InvalidPool as exc:
                 if "already exists" not in str(exc):  # lost a race with another host: fine
                     raise
@@ -96,6 +111,28 @@ class IpamDriver:
                 "create the network with the same --ipam-opt or none")
         return {"PoolID": existing.cidr, "Pool": existing.cidr,
                 "Data": {GATEWAY_TYPE: POOL_GATEWAY[version]}}
+
+    def adopt(self, cidrs: list[str]) -> None:
+        """A network now uses these pools: ReleasePool keeps them from now on."""
+        with self._lock:
+            self._fresh.difference_update(cidrs)
+
+    def release_pool(self, pool_id: str) -> dict:
+        with self._lock:
+            fresh = pool_id in self._fresh
+            self._fresh.discard(pool_id)
+        if not fresh:
+            return {}
+        named = any(pool_id in n.pools_v4 + n.pools_v6
+                    for n in (codec.loads(Network, kv.value)
+                              for kv in self.pools.store.get_prefix(keys.NETWORKS)))
+        if not named:
+            try:
+                self.pools.remove(pool_id)
+                log.info("removed pool %s: the network it was made for was not created", pool_id)
+            except IpamError as exc:  # in use after all (another host): keep it
+                log.info("keeping pool %s: %s", pool_id, exc)
+        return {}
 
     def request_address(self, pool_id: str, address: str, options: dict[str, str]) -> dict:
         if options.get(ADDRESS_TYPE) == GATEWAY_TYPE:

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from datastore import codec, keys
-from ipam import Block, PoolStore
+from ipam import Block, PoolStore, make_pool
 from ipam.inventory import address_info
 from ipam.workloads import Network
 from plugin.config import PluginConfig
@@ -424,3 +424,26 @@ def test_etcd_down_is_a_clear_error(store, dataplane, private_etcd):
     private_etcd.stop()
     message = err(app.test_client(), "IpamDriver.RequestPool", {"Pool": "10.20.10.0/24"})
     assert "unreachable" in message and "\n" not in message
+
+
+def test_a_refused_network_leaves_no_pool(client, store):
+    """dockerd releases the pools of a network the driver refused: a pool made for it goes too."""
+    before = snapshot(store)
+    pool = ok(client, "IpamDriver.RequestPool", {"Pool": "10.20.10.0/24", "Options": {"nat-outgoing": "true"}})
+    err(client, "NetworkDriver.CreateNetwork", {"NetworkID": NET, "IPv4Data": [
+        {"Pool": pool["Pool"], "Gateway": "169.254.1.1/32"}], "Options": {
+        "com.docker.network.generic": {"vlan": "3"}}})
+    ok(client, "IpamDriver.ReleasePool", {"PoolID": pool["PoolID"]})
+    assert PoolStore(store).get("10.20.10.0/24") is None
+    assert snapshot(store) == before
+
+
+def test_pools_of_real_networks_and_of_the_user_are_kept(client, store):
+    PoolStore(store).add([make_pool("10.20.20.0/24")])  # warrenctl pool add
+    ok(client, "IpamDriver.RequestPool", {"Pool": "10.20.20.0/24"})
+    ok(client, "IpamDriver.ReleasePool", {"PoolID": "10.20.20.0/24"})
+    assert PoolStore(store).get("10.20.20.0/24") is not None
+    make_network(client)  # creates pool 10.20.10.0/24 and a network on it
+    ok(client, "NetworkDriver.DeleteNetwork", {"NetworkID": NET})
+    ok(client, "IpamDriver.ReleasePool", {"PoolID": "10.20.10.0/24"})
+    assert PoolStore(store).get("10.20.10.0/24") is not None
