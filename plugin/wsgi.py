@@ -19,8 +19,10 @@ and a heartbeat timeout (a gthread worker's heartbeat did not cover a hung
 request either).
 
 ``create()`` stays gunicorn-compatible (``gunicorn 'plugin.wsgi:create()'``):
-the etcd connection is made lazily on the first request, i.e. after a fork
-(the datastore drops pooled connections in a forked child).
+the datastore drops pooled connections in a forked child. ``create()`` reads
+etcd once, to hold this host's published ports again (:func:`restore_ports`:
+the sockets that reserve them live in the serving process), so it must run
+in that process (gunicorn without ``--preload``), as ``serve()`` does.
 """
 from __future__ import annotations
 
@@ -65,6 +67,8 @@ def build(config: PluginConfig, store: Datastore, dataplane: Dataplane,
     network = NetworkDriver(store=store, host=config.host, dataplane=dataplane,
                             underlay_mtu=underlay_mtu, pool_encap=pool_encap, ports=ports,
                             names=names)
+    if ports is not None and ports.load is None:
+        ports.load = network.local_endpoints  # sync re-reads the records under its lock
     ipam = IpamDriver(Allocator(store, config.host),
                       {4: config.default_pool_v4, 6: config.default_pool_v6})
     return create_app(network, ipam, scope=config.scope)
@@ -77,7 +81,22 @@ def create() -> Flask:
     dataplane.ensure_forwarding()
     store = Datastore(EtcdConfig.from_env())
     store.on_error = lambda kind: ETCD_ERRORS.labels("plugin", kind).inc()
-    return build(config, store, dataplane, PortPublisher(), NameResolver(store))
+    ports = PortPublisher(reserve=True)
+    app = build(config, store, dataplane, ports, NameResolver(store))
+    restore_ports(ports)
+    return app
+
+
+def restore_ports(ports: PortPublisher) -> None:
+    """Hold this host's published ports again (the sockets died with the last plugin process).
+
+    Before serving, so no new -p can be handed a port a running container
+    still has. If etcd is unreachable now, the next -p call's sync does it.
+    """
+    try:
+        ports.sync()
+    except Exception as exc:
+        log.warning("could not restore published ports yet: %s", exc)
 
 
 def make_server(socket_path: str, app):
