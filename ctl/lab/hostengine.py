@@ -15,7 +15,8 @@ host's state dir, and
 * firewall **on**: Docker's defaults (iptables and ip6tables as the engine
   sets them, ``--ip-masq``, the default bridge ``docker0``, docker-proxy) -
   all of it inside the host's netns (iptables-nft on Debian 12);
-* firewall **off**: ``--bridge=none --iptables=false --ip-masq=false`` (the
+* firewall **off**: ``--bridge=none --iptables=false --ip6tables=false
+  --ip-masq=false`` (28 writes ip6tables rules even with ``--iptables=false``; the
   lab before engines: no Docker rules, no docker0).
 
 Commands run on a host get the same ``bin/`` first on ``PATH`` (so ``docker``
@@ -34,7 +35,7 @@ from .layout import HostLayout
 
 ENGINE_ENV = "WARREN_LAB_ENGINE"
 FIREWALL_ENV = "WARREN_LAB_DOCKER_FIREWALL"
-FIREWALL_OFF_FLAGS = ("--bridge=none", "--iptables=false", "--ip-masq=false")
+FIREWALL_OFF_FLAGS = ("--bridge=none", "--iptables=false", "--ip6tables=false", "--ip-masq=false")
 DOCKER_CONFIG_DIR = "docker-config"
 
 

@@ -17,8 +17,8 @@ Design (see /work/shared/notes/multihost-lab.md for the recipe and its traps):
   ``engines.py``) started inside those namespaces with every path under
   ``STATE/hostI``, and with Docker's own firewall on (Docker's defaults:
   iptables rules and ``docker0`` inside the host netns) unless
-  ``docker_firewall`` is off (then ``--bridge=none --iptables=false
-  --ip-masq=false``); see ``hostengine.py``. The engine and the firewall
+  ``docker_firewall`` is off (then no Docker rules and no docker0); see
+  ``hostengine.py``. The engine and the firewall
   choice are recorded in ``state.json``; ``docker``/``Lab.docker`` use the
   engine's own CLI and, through ``DOCKER_CONFIG``, its compose plugin;
 * the image ``warren-lab/busybox:latest`` imported on every host;
@@ -250,8 +250,12 @@ class Lab:
         cwd = popen.pop("cwd", None)
         if capture and "stdout" not in popen and "stderr" not in popen:
             popen["capture_output"] = True
-        res = subprocess.run(self.nsenter_argv(h, argv, cwd=cwd), env=self.env(h), input=input,
-                             text=text, timeout=timeout, **popen)
+        argv_ns = self.nsenter_argv(h, argv, cwd=cwd)
+        env = self.env(h)
+        # nsenter's --wd leaves a cwd that getcwd() calls unreachable (it was opened in our
+        # mount ns); Go programs (docker, compose) then trust $PWD when it names the same dir.
+        env["PWD"] = next(a for a in argv_ns if a.startswith("--wd="))[len("--wd="):]
+        res = subprocess.run(argv_ns, env=env, input=input, text=text, timeout=timeout, **popen)
         if check and res.returncode != 0:
             err = (res.stderr or "").strip().splitlines() if capture and text else []
             raise LabError(f"{h.name}: {' '.join(argv)}: exit {res.returncode}"

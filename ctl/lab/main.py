@@ -148,6 +148,7 @@ def _exec(lab: Lab, host: str, argv: list[str]) -> int:
     h = lab.host(host)
     nsenter = lab.nsenter_argv(h, argv)
     env = lab.env(h)
+    env["PWD"] = next(a for a in nsenter if a.startswith("--wd="))[len("--wd="):]  # see Lab.exec
     sys.stdout.flush()
     os.execvpe(nsenter[0], nsenter, env)
     return 127  # not reached
