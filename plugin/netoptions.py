@@ -36,6 +36,7 @@ INTERNAL = "com.docker.network.internal"
 ENABLE_IPV4 = "com.docker.network.enable_ipv4"
 ENABLE_IPV6 = "com.docker.network.enable_ipv6"
 DRIVER_MTU = "com.docker.network.driver.mtu"
+PORTMAP = "com.docker.network.portmap"  # -p, in Join's and ProgramExternalConnectivity's options
 MTU, PROFILE = "mtu", "profile"
 VALID_OPTIONS = (MTU, PROFILE, DRIVER_MTU)
 VALID_HELP = f"{MTU}=N, {PROFILE}=NAME, {DRIVER_MTU}=N"

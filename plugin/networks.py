@@ -42,7 +42,6 @@ from .errors import PluginError
 from .ipamdriver import POOL_GATEWAY
 from .names import NameResolver
 from .ports import PortPublisher
-from .publishing import PORTMAP
 from .records import Endpoint, Network
 
 log = logging.getLogger(__name__)
@@ -98,7 +97,7 @@ class NetworkDriver:
 
     def refuse_publishing_if_internal(self, network_id: str, options: dict) -> None:
         """dockerd does not ask to publish ports on --internal networks; refuse if one does."""
-        if options.get(PORTMAP) and self.network(network_id).internal:
+        if options.get(netoptions.PORTMAP) and self.network(network_id).internal:
             name = self.network(network_id).name or network_id[:12]
             raise PluginError(f"network {name} is --internal: its containers cannot publish ports (-p)")
 
@@ -195,8 +194,11 @@ class NetworkDriver:
             if kv is None:
                 continue
             theirs = codec.loads(Endpoint, kv.value)
-            if theirs.network:
-                net = self.network(theirs.network)
+            try:
+                net = self.network(theirs.network) if theirs.network else None
+            except PluginError:  # its network is gone: it routes nothing of ours
+                continue
+            if net is not None:
                 pools.update(net.pools_v4 if theirs.ipv4 else [])
                 pools.update(net.pools_v6 if theirs.ipv6 else [])
         return pools
