@@ -5,7 +5,9 @@ runs, as threads of one process (one Python interpreter instead of three,
 which matters for the node's memory):
 
 * the **policy agent** (:mod:`profiles.agent`), single writer of warren's
-  filter chains and tag ipsets;
+  filter chains and tag ipsets, and beside it the poller of Docker's bridges
+  (:mod:`profiles.dockerbridges`, asking dockerd through ``DOCKER_HOST``)
+  that tells it which interfaces only published ports may cross;
 * **nat-outgoing** (:mod:`bgp.natout`), single writer of the MASQUERADE
   chain and pool ipsets - also on a single host without BGP;
 * unless ``--no-bgp``, the **BGP speaker supervisor** (:mod:`bgp.speaker`),
@@ -43,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     from bgp.speaker import Speaker
     from datastore import Datastore, EtcdConfig
     from profiles.agent import PolicyAgent
+    from profiles.dockerbridges import NETWORKS_PATH, DockerBridges
     from plugin.config import setup_logging
+    from plugin.names import docker_get
     setup_logging(os.path.join(args.log_dir, "agent.log"))
     from . import metrics
     store = Datastore(EtcdConfig.from_env())
@@ -53,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     policy = PolicyAgent(store, args.node, host_policy=os.environ.get(HOST_POLICY_ENV, "drop"),
                          observe=metrics.observe_policy)
+    bridges = DockerBridges(lambda: docker_get(NETWORKS_PATH, timeout=2.0), policy.docker_changed)
+    policy.docker_bridges = bridges.current  # the kernel's view already: before the first write
     try:
         metrics.serve(store, args.node, os.environ.get(metrics.ADDR_ENV, metrics.DEFAULT_ADDR),
                       os.environ.get(MULTIPROC_ENV))
@@ -60,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         log.error("metrics exporter not started: %s", exc)
     threads = [threading.Thread(target=policy.run, args=(stop,), name="policy", daemon=True),
                threading.Thread(target=NatOutgoing().follow, args=(store, stop), name="nat-outgoing",
-                                daemon=True)]
+                                daemon=True),
+               threading.Thread(target=bridges.run, args=(stop,), name="docker-bridges", daemon=True)]
     if args.lease:
         threads.append(threading.Thread(target=keep_node_alive, args=(store, args, stop),
                                         name="liveness", daemon=True))

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable
 
 from datastore import Datastore, DatastoreError, ModRevisionIs, Put, codec, keys
+from ipam.pools import Pool
 from ipam.workloads import Endpoint, Network, effective_profiles
 
 from . import generator, names
@@ -48,23 +49,26 @@ from .store import ProfileExists, ProfileStore
 
 log = logging.getLogger(__name__)
 
-PREFIXES = (keys.ENDPOINTS, keys.NETWORKS, keys.PROFILES)
+PREFIXES = (keys.ENDPOINTS, keys.NETWORKS, keys.PROFILES, keys.POOLS)
+DOCKER = "docker"  # the queue's marker for "Docker's bridges changed" (see docker_changed)
 RETRY_MIN, RETRY_MAX = 0.5, 2.0  # short: endpoints made right after an outage wait for our resync
 JUMP_CHECK = 10.0  # seconds between checks that the parent jumps are still first
 
 
 @dataclass
 class Snapshot:
-    """The agent's copy of etcd: endpoints by key, networks by id, profiles by name."""
+    """The agent's copy of etcd: endpoints by key, networks by id, profiles by name, pools by key."""
     endpoints: dict[str, Endpoint] = field(default_factory=dict)
     networks: dict[str, Network] = field(default_factory=dict)
     profiles: dict[str, Profile] = field(default_factory=dict)
+    pools: dict[str, Pool] = field(default_factory=dict)
 
     def update(self, prefix: str, key: str, value: bytes | None) -> None:
         """Apply one put (value) or delete (None); a record that does not parse counts as absent."""
         table, cls = {keys.ENDPOINTS: (self.endpoints, Endpoint),
                       keys.NETWORKS: (self.networks, Network),
-                      keys.PROFILES: (self.profiles, Profile)}[prefix]
+                      keys.PROFILES: (self.profiles, Profile),
+                      keys.POOLS: (self.pools, Pool)}[prefix]
         ident = key if prefix == keys.ENDPOINTS else keys.last_segment(key)
         if value is None:
             table.pop(ident, None)
@@ -76,22 +80,34 @@ class Snapshot:
             table.pop(ident, None)
 
 
+def _internal(endpoint: Endpoint, networks: dict[str, Network]) -> bool:
+    network = networks.get(endpoint.network)
+    return bool(network and network.internal)
+
+
 def local_endpoints(snapshot: Snapshot, node: str) -> list[generator.LocalEndpoint]:
     return [generator.LocalEndpoint(e.id, e.iface, e.ipv4, e.ipv6,
-                                    effective_profiles(e, snapshot.networks))
+                                    effective_profiles(e, snapshot.networks),
+                                    _internal(e, snapshot.networks))
             for e in snapshot.endpoints.values() if e.host == node]
 
 
-def desired(snapshot: Snapshot, node: str, version: int,
-            host_policy: str = "drop") -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+def desired(snapshot: Snapshot, node: str, version: int, host_policy: str = "drop",
+            docker_bridges: Iterable[str] = ()) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
     """(chain -> rules, set -> members) that this node's kernel should hold for ``version``."""
     local = local_endpoints(snapshot, node)
     everywhere = ((e.addresses, effective_profiles(e, snapshot.networks))
                   for e in snapshot.endpoints.values())
     members = generator.tag_members(everywhere, snapshot.profiles)
-    chains = generator.chain_rules(local, snapshot.profiles, version, host_policy)
+    chains = generator.chain_rules(local, snapshot.profiles, version, host_policy,
+                                   docker_bridges=docker_bridges)
     tags = generator.referenced_tags(local, snapshot.profiles, version)
     return chains, generator.set_members(tags, members, version)
+
+
+def pool_cidrs(snapshot: Snapshot, version: int) -> list[str]:
+    """Every pool of ``version`` (disabled ones too: their addresses are still in use)."""
+    return generator.pool_members((p.cidr for p in snapshot.pools.values()), version)
 
 
 def profiles_to_create(networks: Iterable[Network]) -> list[Network]:
@@ -108,7 +124,8 @@ class Stats:
 class PolicyAgent:
     def __init__(self, store: Datastore, node: str, kernel: Kernel | None = None,
                  host_policy: str = "drop", refresh: float = 300.0,
-                 observe: Callable[[bool, float, bool], None] | None = None):
+                 observe: Callable[[bool, float, bool], None] | None = None,
+                 docker_bridges: Iterable[str] = ()):
         if host_policy not in generator.HOST_POLICIES:
             raise ValueError(f"invalid workload-to-host policy {host_policy!r}: use drop or accept")
         self.store = store
@@ -121,6 +138,9 @@ class PolicyAgent:
         self.stats = Stats()
         self._chains: dict[int, dict[str, list[str]] | None] = {}  # what we last wrote
         self._sets: dict[int, dict[str, list[str]] | None] = {}
+        self._pools: dict[int, list[str]] = {}
+        self.docker_bridges: frozenset[str] = frozenset(docker_bridges)
+        self._events: queue.Queue = queue.Queue()
         self._versions = self.kernel.versions()
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="policy-apply")
 
@@ -181,7 +201,11 @@ class PolicyAgent:
         self.observe(full, self.stats.last_apply_seconds, True)
 
     def _apply_version(self, version: int, full: bool) -> None:
-        chains, sets = desired(self.snapshot, self.node, version, self.host_policy)
+        chains, sets = desired(self.snapshot, self.node, version, self.host_policy, self.docker_bridges)
+        pools = pool_cidrs(self.snapshot, version)
+        if full or self._pools.get(version) != pools:  # before the rules that name the set
+            self.kernel.ipset_restore(generator.pools_text(pools, version))
+            self._pools[version] = pools
         applied_sets = {} if full else (self._sets.get(version) or {})
         changed = {n: m for n, m in sets.items() if applied_sets.get(n) != m}
         if changed:  # sets first: the rules about to be written reference them
@@ -204,8 +228,17 @@ class PolicyAgent:
                       0 if not text else text.count("\n:"), len(changed), len(gone))
 
     def ensure_jumps(self, version: int) -> None:
+        """Our jumps first in FORWARD and INPUT, and first in DOCKER-USER where dockerd made it."""
         for parent, target in generator.PARENT_JUMPS.items():
             self.kernel.ensure_first(version, parent, target)
+        for parent, target in generator.OPTIONAL_PARENT_JUMPS.items():
+            self.kernel.ensure_first(version, parent, target, optional=True)
+
+    def docker_changed(self, bridges: Iterable[str]) -> None:
+        """Docker's bridges changed or dockerd came back (:mod:`profiles.dockerbridges`; any
+        thread): rewrite WARREN-DOCKER and put the jumps first again, at once."""
+        self.docker_bridges = frozenset(bridges)  # read by the next apply, full or not
+        self._events.put((DOCKER, None))
 
     # -- the loop -----------------------------------------------------------------
 
@@ -233,6 +266,7 @@ class PolicyAgent:
     def follow(self, stop: threading.Event, start_revision: int) -> None:
         """Apply watch events in batches; returns (to resync) when a watch fails."""
         events: queue.Queue = queue.Queue()
+        self._events = events  # docker_changed wakes this loop through it
         done = threading.Event()
         watches = []
         try:
@@ -262,17 +296,24 @@ class PolicyAgent:
                         batch.append(events.get_nowait())
                     except queue.Empty:
                         break
-                networks_changed = False
+                networks_changed = docker = False
                 for prefix, event in batch:
                     if prefix is None:  # a watch ended: resync from a fresh read
                         if not stop.is_set():
                             log.info("policy watch ended (%s); resyncing", event)
                         return
+                    if prefix == DOCKER:
+                        docker = True
+                        continue
                     self.snapshot.update(prefix, event.key, event.value if event.kind == "put" else None)
                     networks_changed |= prefix == keys.NETWORKS
                 if networks_changed:
                     self.create_network_profiles()
                 self.apply()
+                if docker:  # dockerd has just rewritten FORWARD: our jumps first again
+                    for version in self._versions:
+                        self.ensure_jumps(version)
+                    next_jumps = time.monotonic() + JUMP_CHECK
         finally:
             done.set()
             for watch in watches:

@@ -6,12 +6,14 @@ A thin shell around the kernel tools, so the agent's decisions stay pure
 text change), ``ipset restore`` refills sets through ``swap``.
 
 Parent jumps (``FORWARD -> WARREN-PROFILES-FORWARD``, ``INPUT ->
-WARREN-PROFILES-INPUT``) must be the *first* rule of their chain: dockerd
-inserts its own jumps at the top when it (re)starts, and plugin.forward's
-WARREN-FORWARD accepts workload traffic (it keeps routing alive while no
-policy is installed), so policy has to see a packet before either of them.
-:meth:`Kernel.ensure_first` inserts the jump at position 1 before removing
-any later copy, so there is never a moment without it.
+WARREN-PROFILES-INPUT``, and ``DOCKER-USER -> WARREN-PROFILES-FORWARD``
+where dockerd made DOCKER-USER) must be the *first* rule of their chain:
+dockerd inserts its own rules and jumps at the top of FORWARD (see
+:mod:`profiles.generator` for what each engine does, and why a jump from
+DOCKER-USER too), and plugin.forward's WARREN-FORWARD drops workload
+traffic that no policy has judged, so policy has to see a packet before
+any of them. :meth:`Kernel.ensure_first` inserts the jump at position 1
+before removing any later copy, so there is never a moment without it.
 """
 from __future__ import annotations
 
@@ -83,11 +85,19 @@ class Kernel:
         out = self._run([TOOLS[version][0], "-w", "30", "-S", chain])
         return [line for line in out.splitlines() if line.startswith("-A ")]
 
-    def ensure_first(self, version: int, parent: str, target: str) -> bool:
-        """Make ``-j target`` the first rule of ``parent``; True if anything changed."""
+    def ensure_first(self, version: int, parent: str, target: str, optional: bool = False) -> bool:
+        """Make ``-j target`` the first rule of ``parent``; True if anything changed.
+
+        ``optional``: ``parent`` is someone else's chain (DOCKER-USER) that may not
+        exist; then there is nothing to do (a failed listing means just that)."""
         tool = TOOLS[version][0]
         jump = f"-A {parent} -j {target}"
-        rules = self.rules(version, parent)
+        try:
+            rules = self.rules(version, parent)
+        except KernelError:
+            if optional:
+                return False
+            raise
         if rules[:1] == [jump] and rules.count(jump) == 1:
             return False
         if rules[:1] != [jump]:

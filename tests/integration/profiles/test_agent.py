@@ -181,3 +181,55 @@ def test_etcd_outage_keeps_the_rules_and_recovers(private_etcd, ns):
         stop.set()
         thread.join(10)
         store.close()
+
+
+def docker_like_forward(ns: str, version: int) -> None:
+    """What dockerd 28 writes at start: DOCKER-USER and DOCKER-FORWARD on top of FORWARD,
+    and an accept for its bridge's outgoing traffic (20.10/26 put that one in FORWARD itself)."""
+    tool = "iptables" if version == 4 else "ip6tables"
+    for chain in ("DOCKER-USER", "DOCKER-FORWARD"):
+        sh(ns, tool, "-N", chain)
+    sh(ns, tool, "-A", "DOCKER-FORWARD", "-i", "br-0123456789ab", "!", "-o", "br-0123456789ab", "-j", "ACCEPT")
+    sh(ns, tool, "-I", "FORWARD", "1", "-j", "DOCKER-FORWARD")
+    sh(ns, tool, "-I", "FORWARD", "1", "-j", "DOCKER-USER")
+
+
+def rules_of(ns: str, chain: str, version: int = 4) -> list[str]:
+    out = sh(ns, "iptables" if version == 4 else "ip6tables", "-S", chain).stdout
+    return [line for line in out.splitlines() if line.startswith("-A ")]
+
+
+def test_beside_dockers_firewall_jumps_boundary_and_pools(store, ns, running):
+    from ipam.pools import Pool
+
+    store.put(keys.pool("10.0.0.0/24"), codec.dumps(Pool("10.0.0.0/24")))
+    closed = Network("9" * 64, ["10.0.0.0/24"], name="closed", internal=True)
+    store.put(keys.network(closed.id), codec.dumps(closed))
+    e = Endpoint("f" * 64, closed.id, NODE, ["10.0.0.7"])
+    put_endpoint(store, e)
+    fw = names.from_endpoint_chain(e.iface)
+    eventually(lambda: any("warren-pools-v4" in line for line in chains(ns).get(fw, [])))
+    assert members(ns, names.POOLS_SET[4]) == {"10.0.0.0/24"}
+    store.put(keys.pool("10.0.5.0/24"), codec.dumps(Pool("10.0.5.0/24")))
+    eventually(lambda: members(ns, names.POOLS_SET[4]) == {"10.0.0.0/24", "10.0.5.0/24"})
+    assert chains(ns)[g.DOCKER_BOUNDARY] and all("docker0" in line for line in chains(ns)[g.DOCKER_BOUNDARY])
+
+    # dockerd starts: its chains go on top; told of its bridges, the agent answers at once
+    for version in (4, 6):
+        docker_like_forward(ns, version)
+        assert rules_of(ns, "FORWARD", version)[0] == "-A FORWARD -j DOCKER-USER"
+    running.docker_changed({"docker0", "br-0123456789ab"})
+    for version in (4, 6):
+        eventually(lambda: rules_of(ns, "DOCKER-USER", version) == [f"-A DOCKER-USER -j {g.FORWARD_CHAIN}"])
+        assert rules_of(ns, "FORWARD", version)[0] == f"-A FORWARD -j {g.FORWARD_CHAIN}"
+        assert rules_of(ns, "FORWARD", version).count(f"-A FORWARD -j {g.FORWARD_CHAIN}") == 1
+    eventually(lambda: any("br-0123456789ab" in line for line in chains(ns)[g.DOCKER_BOUNDARY]))
+    assert any("br-0123456789ab" in line for line in chains(ns, 6)[g.DOCKER_BOUNDARY])
+    # dockerd restarts (28): DOCKER-USER on top again; ours stays first inside it
+    sh(ns, "iptables", "-D", "FORWARD", "-j", "DOCKER-USER")
+    sh(ns, "iptables", "-I", "FORWARD", "1", "-j", "DOCKER-USER")
+    assert rules_of(ns, "DOCKER-USER")[0] == f"-A DOCKER-USER -j {g.FORWARD_CHAIN}"
+    running.docker_changed({"docker0"})
+    eventually(lambda: not any("br-0123456789ab" in line for line in chains(ns)[g.DOCKER_BOUNDARY]))
+    eventually(lambda: rules_of(ns, "FORWARD")[0] == f"-A FORWARD -j {g.FORWARD_CHAIN}")
+    assert running.stats.failures == 0

@@ -63,3 +63,31 @@ def test_networks_needing_a_profile():
     done = Network("3" * 64, name="old", profile_created=True)
     assert profiles_to_create([named, optioned, done, Network("4" * 64)]) == [named, optioned]
     assert optioned.default_profile == "shared"
+
+
+def test_internal_networks_confine_their_endpoints_and_pools_are_read():
+    from ipam.pools import Pool
+    from profiles.agent import pool_cidrs
+
+    closed = Network("i" * 64, ["10.0.9.0/24"], name="net1", internal=True)
+    snap = snapshot(Endpoint("a" * 64, NET.id, "h1", ["10.0.0.1"]),
+                    Endpoint("b" * 64, closed.id, "h1", ["10.0.9.1"]), networks=(NET, closed))
+    for pool in (Pool("10.0.0.0/24"), Pool("10.0.9.0/24", disabled=True), Pool("fd00::/64")):
+        snap.update(keys.POOLS, keys.pool(pool.cidr), codec.dumps(pool))
+    assert {e.id[0]: e.internal for e in local_endpoints(snap, "h1")} == {"a": False, "b": True}
+    chains, _ = desired(snap, "h1", 4)
+    bound = "--match-set warren-pools-v4 dst"
+    assert any(bound in line for line in chains[names.from_endpoint_chain("wrn" + "b" * 11)])
+    assert not any(bound in line for line in chains[names.from_endpoint_chain("wrn" + "a" * 11)])
+    assert pool_cidrs(snap, 4) == ["10.0.0.0/24", "10.0.9.0/24"] and pool_cidrs(snap, 6) == ["fd00::/64"]
+    snap.update(keys.POOLS, keys.pool("fd00::/64"), None)
+    assert pool_cidrs(snap, 6) == []
+
+
+def test_docker_bridges_reach_the_boundary_chain():
+    from profiles import generator as g
+
+    snap = snapshot(Endpoint("a" * 64, NET.id, "h1", ["10.0.0.1"]))
+    chains, _ = desired(snap, "h1", 4, docker_bridges=["br-0123456789ab"])
+    assert [line.split()[3] for line in chains[g.DOCKER_BOUNDARY]] == [
+        "br-0123456789ab", "br-0123456789ab", "docker0", "docker0"]
