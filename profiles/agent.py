@@ -1,10 +1,11 @@
 """The policy agent: keeps this host's iptables chains and ipsets in sync with etcd.
 
 One agent per host is the single writer of warren's filter chains and tag
-sets (design.md). It holds a cache of three etcd prefixes - endpoints of
+sets (design.md). It holds a cache of four etcd prefixes - endpoints of
 *every* host (tag members live anywhere), Docker networks (an endpoint's
-default profile is its network's) and profiles - filled by one read each
-and kept current by one watch each.
+default profile is its network's, and ``internal`` confines it), profiles
+and pools (the bounds of ``--internal`` endpoints) - filled by one read
+each and kept current by one watch each.
 
 After each batch of watch events it computes, per IP version, the chains
 and sets it wants with the pure functions of :mod:`profiles.generator`
@@ -15,9 +16,17 @@ chain, a new endpoint adds its two chains and the two dispatch chains.
 Full writes happen on start, after any failure and every ``refresh``
 seconds: all chains are rewritten in one ``iptables-restore`` commit,
 warren chains and sets the kernel has but nobody wants are removed, and the
-parent jumps are put back first in FORWARD and INPUT. A restart (even
-``kill -9``) therefore opens no window: the old rules stay in the kernel
-until the new ones replace them atomically.
+parent jumps are put back first in FORWARD, INPUT and (if dockerd made it)
+DOCKER-USER. A restart (even ``kill -9``) therefore opens no window: the
+old rules stay in the kernel until the new ones replace them atomically.
+
+Docker's side (see :mod:`profiles.generator` for the design): the node
+agent's :class:`profiles.dockerbridges.DockerBridges` calls
+:meth:`PolicyAgent.docker_changed` when Docker's bridges change or dockerd
+comes back; the agent then rewrites WARREN-DOCKER and puts its jumps first
+again at once, since those are exactly the moments dockerd rewrote
+FORWARD. The jumps are also checked every ``JUMP_CHECK`` seconds (for a
+firewalld reload or a hand-made change).
 
 etcd unreachable: nothing in the kernel changes; the agent retries with
 backoff and resyncs from a fresh read when etcd is back.
