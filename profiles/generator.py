@@ -8,13 +8,15 @@ table and ``ipset restore`` text for the tag sets (:func:`build`).
 
 Chain layout (one table per IP version; ``wrn+`` = workload interfaces)::
 
-    FORWARD --> WARREN-PROFILES-FORWARD   (the agent inserts the jump first)
+    FORWARD --> WARREN-PROFILES-FORWARD   (the agent inserts the jump first,
+    DOCKER-USER --^                        and first in DOCKER-USER when it exists)
                   -i wrn+ -g WARREN-WL-FORWARD
                   -o wrn+ -g WARREN-WL-FORWARD
-                  (anything else returns to FORWARD untouched)
-    WARREN-WL-FORWARD
+                  (anything else returns untouched)
+    WARREN-WL-FORWARD                           - a verdict for every packet of a workload
         ctstate RELATED,ESTABLISHED  ACCEPT     - a flow's later packets stop here
         ctstate INVALID              DROP
+        -j WARREN-DOCKER                        - Docker's bridges: published ports only
         -i wrn+ -j WARREN-FROM-WL               - outbound policy of the sender
         -o wrn+ ctstate DNAT         ACCEPT     - a port published with docker run -p
         -o wrn+ -j WARREN-TO-WL                 - inbound policy of the receiver
@@ -33,14 +35,19 @@ Chain layout (one table per IP version; ``wrn+`` = workload interfaces)::
     WARREN-FD-<c>
         -i <iface> -g WARREN-FW-<iface>   ...   (the endpoints whose name goes on with <c>)
         DROP                                    - an interface we know nothing of
+    WARREN-DOCKER                               - per Docker bridge (docker0 always):
+        -i <bridge> ctstate !DNAT DROP          - bridge -> workload, not a published port
+        -o <bridge> ctstate !DNAT DROP          - workload -> bridge, not a published port
     WARREN-FW-<iface>                           - from one workload
         clear the ACCEPT and HOST mark bits
         anti-spoofing: a source that is not one of its addresses -> DROP
+        (--internal) destination outside warren-pools-vN, not this host -> DROP
         -j WARREN-PO-<profile 1>;  mark ACCEPT -> RETURN
         -j WARREN-PO-<profile 2>;  mark ACCEPT -> RETURN   ...
         DROP                                    - no profile allowed it
     WARREN-TW-<iface>                           - to one workload: the same with
         WARREN-PI-<profile> chains and no anti-spoofing
+        ((--internal) a source outside warren-pools-vN -> DROP)
     WARREN-PI-<profile> / WARREN-PO-<profile>   - the profile's rules, in order
         <match> -j DROP                         - deny
         <match> -g WARREN-ALLOW                 - allow
@@ -66,6 +73,41 @@ this port", as with Docker's own drivers, so a connection that the nat
 table DNATed to a workload (plugin.ports' WARREN-DNAT is the only rule
 that DNATs to workload addresses) skips the receiver's inbound profiles;
 a local sender's outbound policy still applies.
+
+Living beside Docker's firewall (dockerd's ``--iptables``, on by default).
+Docker writes the filter FORWARD chain too, and rewrites it: 20.10 and 26
+insert each bridge's rules (``-i br ! -o br -j ACCEPT`` among them) at the
+top of FORWARD when a bridge network is created, then move ``-j
+DOCKER-USER`` back to the top; 28 moves ``-j DOCKER-FORWARD`` and then
+``-j DOCKER-USER`` to the top on every start and firewalld reload and
+keeps its per-bridge rules in its own chains. Every engine keeps
+DOCKER-USER first ("the place for user rules", never flushed), and dockerd
+may set the FORWARD policy to DROP (only when it turned forwarding on
+itself). So Warren (a) gives every workload packet a verdict of its own
+(WARREN-WL-FORWARD ends in ACCEPT or DROP, never falling through to
+Docker's rules or the policy: routed traffic flows with policy DROP), (b)
+is jumped to first from FORWARD *and* first from DOCKER-USER, so whichever
+of the two Docker put on top, Warren sees workload packets before any
+Docker rule - also in the moments after Docker reordered FORWARD and before
+the agent notices (see :mod:`profiles.agent`); and (c) never lets traffic
+between a workload and one of Docker's bridges through unless it was
+DNATed - a port published by Docker's ``-p`` (the sender's outbound policy
+still applies) or by Warren's (from a bridge container; the receiver's
+inbound profiles are skipped as for anyone). Docker's own traffic never
+enters Warren's chains. The alternative, relying on Docker's rules to
+isolate its bridges, does not work: 20.10 and 26 drop direct access to a
+bridge container only through the FORWARD policy, which is ACCEPT when
+forwarding was on before dockerd started (as Warren's node does), and
+their ``-i br ! -o br -j ACCEPT`` would let bridge containers past Warren's
+inbound profiles. Which interfaces are Docker's bridges is the agent's
+input (``docker_bridges``; ``docker0`` always is).
+
+``--internal`` networks: an endpoint of one has no path outside Warren's
+pools in either direction (so nothing to nat-outgoing, no outside world, no
+Docker bridge), while its profiles decide among the pools as usual; the
+host itself stays under the workload-to-host rules below. The pools are
+the ``hash:net`` sets ``warren-pools-v4``/``-v6`` (:func:`pools_text`),
+filled before the rules that name them.
 
 Workload -> host (INPUT): with ``host_policy="drop"`` (the default, as
 Felix's DEFAULT_INPUT_CHAIN_ACTION) only outbound allow rules that name a
