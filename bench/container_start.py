@@ -44,6 +44,7 @@ GOAL_START = 1.0     # warren / bridge
 GOAL_PLUGIN_MS = 10  # the plugin's own time per container, median
 GOAL_FLAT = 1.2
 METRIC = "warren_plugin_request_seconds"
+POLICY = "warren_policy_apply_seconds"  # the node agent's policy writes, which share the CPUs meanwhile
 SCRAPE = ("import urllib.request,sys; sys.stdout.write(urllib.request.urlopen("
           "'http://127.0.0.1:9091/metrics', timeout=10).read().decode())")
 # The served plugin's cost per request beyond its handler: an empty call (DiscoverNew answers {}),
@@ -75,10 +76,11 @@ PLUGIN_SOCKET = "/run/docker/plugins/warren.sock"
 
 # -- A. docker run ---------------------------------------------------------------
 
-def parse_latency(text: str) -> dict[str, tuple[float, float]]:
-    """Prometheus text -> {Docker call: (seconds summed, requests)} of the plugin's latency histogram."""
+def parse_latency(text: str, metric: str = METRIC, label: str = "endpoint") -> dict[str, tuple[float, float]]:
+    """Prometheus text -> {label value: (seconds summed, observations)} of a histogram
+    (by default the plugin's request latency by Docker call)."""
     out: dict[str, list[float]] = {}
-    pattern = re.compile(rf'^{METRIC}_(sum|count)\{{[^}}]*endpoint="([^"]+)"[^}}]*\}} (\S+)$')
+    pattern = re.compile(rf'^{metric}_(sum|count)\{{[^}}]*{label}="([^"]+)"[^}}]*\}} (\S+)$')
     for line in text.splitlines():
         m = pattern.match(line.strip())
         if m:
@@ -126,7 +128,8 @@ def measure_docker_run(runs: int, engine: str | None = None, firewall: str | Non
             result = lab.exec("host1", [sys.executable, "-c", SCRAPE], timeout=60)
             if result.returncode:
                 raise RuntimeError(f"metrics scrape in host1: {result.stderr.strip()[-300:]}")
-            return parse_latency(result.stdout)
+            return {**parse_latency(result.stdout),
+                    **{f"{POLICY} {k}": v for k, v in parse_latency(result.stdout, POLICY, "kind").items()}}
 
         docker("network", "create", "-d", "warren", "--ipam-driver", "warren",
                "--subnet", "10.20.90.0/24", "wnet")
@@ -190,7 +193,7 @@ def report_docker_run(result: dict, runs: int) -> None:
           f"min {min(pairs):.2f}, max {max(pairs):.2f})")
     start = [sum(d.get(c, (0.0, 0))[0] for c in START_CALLS) * 1000 for d in plugin]
     stop = [sum(d.get(c, (0.0, 0))[0] for c in STOP_CALLS) * 1000 for d in plugin]
-    other = sorted({c for d in plugin for c in d} - set(START_CALLS) - set(STOP_CALLS))
+    other = sorted({c for d in plugin for c in d if not c.startswith(POLICY)} - set(START_CALLS) - set(STOP_CALLS))
     print(f"   inside the plugin per Warren container (its latency histogram, scraped around each run):")
     p = statistics.median(start)
     print(f"     start calls ({' + '.join(c.split('.')[-1] for c in START_CALLS)}): median {p:.1f} ms "
@@ -202,9 +205,13 @@ def report_docker_run(result: dict, runs: int) -> None:
         print(f"       {call:44s} median {statistics.median(ms):6.1f} ms, mean {statistics.fmean(ms):6.1f} ms, "
               f"{statistics.fmean(n for _, n in per):.1f} requests per container")
     print(f"     teardown calls (--rm): median {statistics.median(stop):.1f} ms")
-    every = [sum(v[0] for v in d.values()) * 1000 for d in plugin]
-    calls = statistics.fmean(sum(v[1] for v in d.values()) for d in plugin)
+    every = [sum(v[0] for k, v in d.items() if not k.startswith(POLICY)) * 1000 for d in plugin]
+    calls = statistics.fmean(sum(v[1] for k, v in d.items() if not k.startswith(POLICY)) for d in plugin)
     print(f"     every call: median {statistics.median(every):.1f} ms in the handlers, {calls:.1f} requests")
+    policy = [sum(v[0] for k, v in d.items() if k.startswith(POLICY)) * 1000 for d in plugin]
+    applies = statistics.fmean(sum(v[1] for k, v in d.items() if k.startswith(POLICY)) for d in plugin)
+    print(f"   the node agent's policy writes meanwhile (not the plugin's time; same 2 CPUs): median "
+          f"{statistics.median(policy):.1f} ms, {applies:.1f} applies per container")
     if info.get("request_overhead") is not None:
         over = info["request_overhead"] * 1000
         print(f"   an empty plugin call timed by a client in host1 (connect, HTTP, werkzeug, Flask): median "

@@ -122,3 +122,7 @@ def test_caller_names_the_nearest_frame_outside_the_skipped_files():
     assert caller(skip=("nothing-matches",), depth=1).endswith(
         "test_caller_names_the_nearest_frame_outside_the_skipped_files")
     assert inner().endswith("inner")
+
+
+def test_parse_latency_reads_another_histogram_by_another_label():
+    assert parse_latency(EXPOSITION, "warren_policy_apply_seconds", "kind") == {"full": (3.0, 0.0)}
