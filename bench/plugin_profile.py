@@ -5,7 +5,7 @@ in-process inside a private network namespace with its own etcd (data on tmpfs),
 the real ``Dataplane`` (veths, routes, sysctls) and the real etcd client. For every
 container it receives the calls dockerd sends for ``docker run --net N``, in dockerd's
 order: IpamDriver.RequestAddress, NetworkDriver.CreateEndpoint, NetworkDriver.Join,
-NetworkDriver.ProgramExternalConnectivity (and, with ``--teardown``, the calls of
+NetworkDriver.ProgramExternalConnectivity, NetworkDriver.EndpointOperInfo (and, with ``--teardown``, the calls of
 ``--rm``: RevokeExternalConnectivity, Leave, DeleteEndpoint, ReleaseAddress). After
 Join the container side of the veth is moved into a second namespace, untimed, as
 dockerd moves it into the container: the host namespace holds exactly what a real
@@ -60,6 +60,7 @@ from bench.runinfo import header
 
 START_CALLS = ("IpamDriver.RequestAddress", "NetworkDriver.CreateEndpoint", "NetworkDriver.Join",
                "NetworkDriver.ProgramExternalConnectivity")
+OTHER_CALLS = ("NetworkDriver.EndpointOperInfo",)  # dockerd asks during the start, outside the goal's calls
 STOP_CALLS = ("NetworkDriver.RevokeExternalConnectivity", "NetworkDriver.Leave",
               "NetworkDriver.DeleteEndpoint", "IpamDriver.ReleaseAddress")
 PYTHON = "python"  # the stage name of a call's time in the plugin's handler outside every leaf
@@ -289,6 +290,7 @@ def _in_netns(ns: str, sink: str, endpoint: str, opts: Options, conn) -> None:
         from datastore import Datastore, EtcdConfig
         from plugin.config import PluginConfig
         from plugin.dataplane import Dataplane
+        from plugin.ports import PortPublisher
         from plugin.wsgi import build
         from ipam.workloads import tmp_ifname
 
@@ -296,7 +298,9 @@ def _in_netns(ns: str, sink: str, endpoint: str, opts: Options, conn) -> None:
         dataplane.ensure_forwarding()
         store = Datastore(EtcdConfig.from_env(env={}, endpoints=endpoint))
         # as `warrenctl node start` runs it: the underlay interface named (WARREN_UNDERLAY_IFACE)
-        app = build(PluginConfig(host="bench", underlay_iface="eth0"), store, dataplane)
+        # and with the port publisher the served plugin has (plugin.wsgi.create)
+        app = build(PluginConfig(host="bench", underlay_iface="eth0"), store, dataplane,
+                    PortPublisher(reserve=True))
         recorder = Recorder()
         inner, dispatch = app.wsgi_app, app.view_functions["dispatch"]
 
@@ -342,6 +346,7 @@ def _in_netns(ns: str, sink: str, endpoint: str, opts: Options, conn) -> None:
                        net_ns_fd=sink_fd)
             call("NetworkDriver.ProgramExternalConnectivity", {"NetworkID": net, "EndpointID": ep, "Options": {
                 "com.docker.network.endpoint.exposedports": [], "com.docker.network.portmap": []}})
+            call("NetworkDriver.EndpointOperInfo", {"NetworkID": net, "EndpointID": ep})  # once on 28, twice on 20.10
             if opts.teardown:
                 call("NetworkDriver.RevokeExternalConnectivity", {"NetworkID": net, "EndpointID": ep})
                 call("NetworkDriver.Leave", {"NetworkID": net, "EndpointID": ep})
@@ -465,6 +470,8 @@ def main(argv: list[str] | None = None) -> int:
     samples, text = run(Options(args.containers, args.teardown, args.cprofile))
     print("\nstart (the goal's calls):")
     print_tables(samples, START_CALLS)
+    print("\nalso during the start:")
+    print_tables(samples, OTHER_CALLS)
     if args.teardown:
         print("\nteardown (docker run --rm):")
         print_tables(samples, STOP_CALLS)
