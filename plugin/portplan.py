@@ -46,6 +46,7 @@ WILDCARD = {4: "0.0.0.0", 6: "::"}
 LOOPBACK = {4: "127.0.0.0/8", 6: "::1/128"}
 EPHEMERAL = (32768, 60999)  # Linux's default ip_local_port_range, Docker's fallback too
 CHAIN = "WARREN-DNAT"
+HAIRPIN = "WARREN-HAIRPIN"  # nat POSTROUTING: a container reaching its own published port
 
 
 @dataclass(frozen=True)
@@ -214,9 +215,16 @@ def proxy_target(m: Mapping, endpoint: Endpoint) -> tuple[str, int] | None:
 
 
 def dnat_rules(published: list[tuple[Endpoint, list[Mapping]]], version: int) -> str:
-    """iptables-restore text for the nat table of one family (pure)."""
-    lines = ["*nat", f":{CHAIN} - [0:0]", f"-F {CHAIN}",
+    """iptables-restore text for the nat table of one family (pure).
+
+    ``WARREN-DNAT`` (from PREROUTING and OUTPUT) sends published ports to the
+    containers; ``WARREN-HAIRPIN`` (from POSTROUTING) masquerades a container's
+    connection to its own published port (through a host address), as Docker's
+    bridge does, or the container would see its own address answer itself.
+    """
+    lines = ["*nat", f":{CHAIN} - [0:0]", f":{HAIRPIN} - [0:0]", f"-F {CHAIN}", f"-F {HAIRPIN}",
              f"-A {CHAIN} -d {LOOPBACK[version]} -j RETURN"]
+    hairpins: list[str] = []
     for endpoint, mappings in sorted(published, key=lambda p: p[0].id):
         for m in mappings:
             target = dnat_target(m, endpoint)
@@ -224,10 +232,14 @@ def dnat_rules(published: list[tuple[Endpoint, list[Mapping]]], version: int) ->
                 continue
             to = target if version == 4 else f"[{target}]"
             match = "-m addrtype --dst-type LOCAL" if m.host_ip == WILDCARD[version] else f"-d {m.host_ip}"
-            lines.append(f"-A {CHAIN} -p {m.proto} {match} -m {m.proto} --dport {m.host_port} "
-                         f'-m comment --comment "warren {endpoint.id[:12]}" '
+            comment = f'-m comment --comment "warren {endpoint.id[:12]}"'
+            lines.append(f"-A {CHAIN} -p {m.proto} {match} -m {m.proto} --dport {m.host_port} {comment} "
                          f"-j DNAT --to-destination {to}:{m.container_port}")
-    lines += ["COMMIT", ""]
+            hairpin = (f"-A {HAIRPIN} -s {target} -d {target} -p {m.proto} -m {m.proto} "
+                       f"--dport {m.container_port} {comment} -j MASQUERADE")
+            if hairpin not in hairpins:
+                hairpins.append(hairpin)
+    lines += hairpins + ["COMMIT", ""]
     return "\n".join(lines)
 
 

@@ -4,7 +4,9 @@
 ``WARREN-DNAT``, jumped to from PREROUTING (traffic from other hosts and
 containers) and OUTPUT (from this host itself). The chain is always
 regenerated whole from this host's published endpoints in etcd by a pure
-function (:func:`plugin.portplan.dnat_rules`) and written atomically with
+function (:func:`plugin.portplan.dnat_rules`, which also writes the
+POSTROUTING chain ``WARREN-HAIRPIN`` for a container reaching its own
+published port) and written atomically with
 ``iptables-restore --noflush``, so a restart or a lost update heals by
 itself. Replies need no rule: conntrack reverses the DNAT, and the node's
 forward chains let the routed packets through.
@@ -40,7 +42,7 @@ from typing import Callable
 
 from .errors import PluginError
 from .hostports import HostPorts, PortTaken, allocated
-from .portplan import (CHAIN, EPHEMERAL, Mapping, Request, dnat_rules, host_addresses, port_candidates,
+from .portplan import (CHAIN, EPHEMERAL, HAIRPIN, Mapping, Request, dnat_rules, host_addresses, port_candidates,
                        proxy_target, stored)
 from .portproxy import PortProxy
 from .records import Endpoint
@@ -48,22 +50,22 @@ from .records import Endpoint
 log = logging.getLogger(__name__)
 
 TOOLS = {4: "iptables", 6: "ip6tables"}
-PARENTS = ("PREROUTING", "OUTPUT")
+JUMPS = (("PREROUTING", CHAIN), ("OUTPUT", CHAIN), ("POSTROUTING", HAIRPIN))
 MAX_BIND_FAILURES = 20   # -p C: ports the kernel refused before giving up (Docker: 10)
 
 Published = list[tuple[Endpoint, list[Mapping]]]
 
 
 def apply_rules(published: Published) -> None:
-    """Write both families' WARREN-DNAT chains and make sure they are jumped to."""
+    """Write both families' WARREN-DNAT and WARREN-HAIRPIN chains and make sure they are jumped to."""
     for version, tool in TOOLS.items():
         try:
             subprocess.run([f"{tool}-restore", "--noflush"], input=dnat_rules(published, version),
                            text=True, check=True, capture_output=True, timeout=30)
-            for parent in PARENTS:
-                check = [tool, "-w", "-t", "nat", "-C", parent, "-j", CHAIN]
+            for parent, chain in JUMPS:
+                check = [tool, "-w", "-t", "nat", "-C", parent, "-j", chain]
                 if subprocess.run(check, capture_output=True, timeout=30).returncode:
-                    subprocess.run([tool, "-w", "-t", "nat", "-I", parent, "1", "-j", CHAIN],
+                    subprocess.run([tool, "-w", "-t", "nat", "-I", parent, "1", "-j", chain],
                                    check=True, capture_output=True, timeout=30)
         except FileNotFoundError:
             if version == 4:

@@ -201,6 +201,17 @@ def test_loopback_only_mapping_is_reachable_only_from_the_host(lab, net, bridge)
                "sleep", "600", check=False), "address already in use")
 
 
+def test_containers_reach_published_ports_through_the_host_address(lab, net, bridge):
+    serve(lab, "pw", net, "-p", "8079:80")
+    run(lab, "host1", "pcli", net)
+    dk(lab, "host1", "run", "-d", "--init", "--name", "pbcli", IMAGE, "sleep", "600")
+    host = underlay(lab, "host1")
+    for client in ("pw", "pcli", "pbcli"):  # itself (hairpin), another Warren container, a bridge one
+        answer = lab.docker("host1", ["exec", "-i", client, "nc", "-w", "3", host, "8079"],
+                            input="GET / HTTP/1.0\r\n\r\n", timeout=60).stdout
+        assert "hello-from-pw" in answer, client
+
+
 # -- Warren alone ----------------------------------------------------------------------------------
 
 def test_host_services_and_warren_ports_are_refused(lab, net):

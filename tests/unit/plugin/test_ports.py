@@ -100,17 +100,21 @@ def test_dnat_rules_for_published_endpoints():
             Mapping("udp", 53, 53, "192.0.2.1"), Mapping("tcp", 9000, 90, "127.0.0.1"),
             Mapping("tcp", 9001, 91, "::1")]
     v4 = dnat_rules([(ep(), maps)], 4)
-    assert v4.startswith("*nat\n:WARREN-DNAT - [0:0]\n-F WARREN-DNAT\n"
+    assert v4.startswith("*nat\n:WARREN-DNAT - [0:0]\n:WARREN-HAIRPIN - [0:0]\n-F WARREN-DNAT\n-F WARREN-HAIRPIN\n"
                          "-A WARREN-DNAT -d 127.0.0.0/8 -j RETURN\n") and v4.endswith("COMMIT\n")
     assert ('-A WARREN-DNAT -p tcp -m addrtype --dst-type LOCAL -m tcp --dport 8080 '
             '-m comment --comment "warren aaaaaaaaaaaa" -j DNAT --to-destination 10.20.10.5:80') in v4
     assert "-p udp -d 192.0.2.1 -m udp --dport 53" in v4
+    assert ('-A WARREN-HAIRPIN -s 10.20.10.5 -d 10.20.10.5 -p tcp -m tcp --dport 80 '
+            '-m comment --comment "warren aaaaaaaaaaaa" -j MASQUERADE') in v4
+    assert v4.count("WARREN-HAIRPIN -s") == 2  # tcp 80 and udp 53: one each, not one per host address
     assert "9000" not in v4  # loopback: the proxy serves it, never DNAT
     v6 = dnat_rules([(ep(), maps)], 6)
     assert "-A WARREN-DNAT -d ::1/128 -j RETURN" in v6
     assert "--dport 8080 " in v6 and "--to-destination [fd00::5]:80" in v6
     assert "192.0.2.1" not in v6 and "9001" not in v6
     assert "8080" not in dnat_rules([(ep(ipv6=()), maps)], 6)  # 6 to 4 is the proxy's
+    assert "-A WARREN-HAIRPIN -s fd00::5 -d fd00::5 -p tcp" in v6
     assert dnat_rules([], 4).count("-A ") == 1
 
 
