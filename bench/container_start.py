@@ -10,7 +10,9 @@ A. In one warren-lab host (its own dockerd, of the engine ``--engine``, with Doc
    is scraped; the differences of ``warren_plugin_request_seconds_sum`` per Docker
    call are that container's time inside the plugin's handlers, summed over
    RequestAddress, CreateEndpoint, Join and ProgramExternalConnectivity (goal:
-   median <= 10 ms), with the teardown calls of ``--rm`` shown apart.
+   median <= 10 ms), with the teardown calls of ``--rm`` shown apart. ``--split N``
+   also times the start (``docker run -d ... sleep 60``) and the teardown (``docker
+   rm -f``) apart, N more rounds, to tell which half a warren/bridge gap is in.
 B. Per-endpoint plumbing as a host grows to ``--endpoints`` endpoints: the plugin's
    own request path (RequestAddress, CreateEndpoint, Join, ProgramExternalConnectivity;
    real veths and routes, real etcd) in a private network namespace with its own etcd,
@@ -22,7 +24,7 @@ Everything runs in namespaces this script creates and removes; nothing is sent
 outside them.
 
     python -m bench.container_start [--runs 20] [--endpoints 1000] [--engine 28]
-                                    [--docker-firewall on|off] [--parts A,B]
+                                    [--docker-firewall on|off] [--parts A,B] [--split N]
 """
 from __future__ import annotations
 
@@ -110,7 +112,8 @@ def lab_up(lab: Lab, engine: str | None, firewall: str | None) -> None:
     lab.up(1, node=True, **wanted)
 
 
-def measure_docker_run(runs: int, engine: str | None = None, firewall: str | None = None) -> dict:
+def measure_docker_run(runs: int, engine: str | None = None, firewall: str | None = None,
+                       split: int = 0) -> dict:
     lab = Lab("b" + secrets.token_hex(3))
     try:
         lab_up(lab, engine, firewall)
@@ -166,6 +169,24 @@ def measure_docker_run(runs: int, engine: str | None = None, firewall: str | Non
                 if before is not None:
                     plugin.append(latency_delta(before, scrape()))
         info["failures"] = failures
+        # start and teardown apart: `docker run -d ... sleep` (returns once started), then `docker rm -f`
+        parts: dict[str, dict[str, list[float]]] = {k: {"start": [], "rm": []} for k in kinds}
+        for i in range(split):
+            for kind in order[i % 3:] + order[:i % 3]:
+                name = f"split-{kind}-{i}"
+                t = time.perf_counter()
+                started = lab.docker("host1", ["run", "-d", "--name", name, *kinds[kind], IMAGE, "sleep", "60"],
+                                     timeout=120)
+                elapsed = time.perf_counter() - t
+                time.sleep(0.2)
+                t = time.perf_counter()
+                lab.docker("host1", ["rm", "-f", name], timeout=120)
+                if started.returncode:
+                    failures.append(f"{kind} (split): {' '.join(started.stderr.split())[-200:]}")
+                    continue
+                parts[kind]["start"].append(elapsed)
+                parts[kind]["rm"].append(time.perf_counter() - t)
+        info["split"] = parts
         probe = lab.exec("host1", [sys.executable, "-c", PROBE, PLUGIN_SOCKET, "50"], timeout=120)
         info["request_overhead"] = float(probe.stdout) if probe.returncode == 0 else None
         return {"times": times, "plugin": plugin, "info": info}
@@ -212,6 +233,14 @@ def report_docker_run(result: dict, runs: int) -> None:
     applies = statistics.fmean(sum(v[1] for k, v in d.items() if k.startswith(POLICY)) for d in plugin)
     print(f"   the node agent's policy writes meanwhile (not the plugin's time; same 2 CPUs): median "
           f"{statistics.median(policy):.1f} ms, {applies:.1f} applies per container")
+    split = info.get("split") or {}
+    if split.get("warren", {}).get("start"):
+        print(f"   start and teardown apart ({len(split['warren']['start'])} rounds: `docker run -d ... sleep 60`, "
+              "then `docker rm -f`):")
+        for phase in ("start", "rm"):
+            m = {k: statistics.median(v[phase]) * 1000 for k, v in split.items() if v[phase]}
+            print(f"     {phase:5s}  warren {m['warren']:6.1f} ms, bridge {m['bridge']:6.1f} ms, none "
+                  f"{m.get('none', float('nan')):6.1f} ms   warren/bridge = {m['warren'] / m['bridge']:.2f}")
     if info.get("request_overhead") is not None:
         over = info["request_overhead"] * 1000
         print(f"   an empty plugin call timed by a client in host1 (connect, HTTP, werkzeug, Flask): median "
@@ -244,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--docker-firewall", choices=("on", "off"),
                     help="dockerd's own iptables rules in part A (default: warren-lab's)")
     ap.add_argument("--parts", default="A,B", help="A, B or A,B")
+    ap.add_argument("--split", type=int, default=0, metavar="N",
+                    help="part A also times start (run -d) and teardown (rm -f) apart, N rounds")
     args = ap.parse_args(argv)
     parts = {p.strip().upper() for p in args.parts.split(",") if p.strip()}
     if not parts or parts - {"A", "B"}:
@@ -253,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     header("Warren container start benchmark", "bench.container_start",
            sys.argv[1:] if argv is None else argv, flush=True)
     if "A" in parts:
-        report_docker_run(measure_docker_run(args.runs, args.engine, args.docker_firewall), args.runs)
+        report_docker_run(measure_docker_run(args.runs, args.engine, args.docker_firewall, args.split), args.runs)
     if "B" in parts:
         samples, _ = plugin_profile.run(Options(containers=args.endpoints, progress=True))
         report_plumbing(samples, args.endpoints)
