@@ -8,7 +8,9 @@ with hand-encoded rtnetlink messages on one socket kept open - veth pair created
 with the peer's MAC and MTU, index by name, the same five sysctl writes, /32 route
 ``proto 80 scope link``, permanent neighbour - against ``plugin.dataplane.Dataplane``
 doing it, interleaved, in a private namespace (``--count`` of each; the peers are moved
-to a second namespace between rounds, untimed, as dockerd does). Deletion is timed too.
+to a second namespace between rounds, untimed, as dockerd does). Deletion is timed too,
+and first one small request (the index of ``lo``) 200 times three ways: raw, pyroute2
+with its ``IPRoute`` kept open, and pyroute2 opening one for it (as ``Dataplane`` does).
 
 The encoder is a sketch for measurement, not a replacement: it knows only these
 messages (pure functions, unit-tested in tests/unit/bench).
@@ -166,7 +168,20 @@ def _in_netns(ns: str, sink: str, count: int, conn) -> None:
         rtnl = Rtnl()
         mover = IPRoute()
         sink_fd = os.open(f"/run/netns/{sink}", os.O_RDONLY)
-        times: dict[str, list[float]] = {"pyroute2": [], "raw": [], "pyroute2 del": [], "raw del": []}
+        times: dict[str, list[float]] = {"pyroute2": [], "raw": [], "pyroute2 del": [], "raw del": [],
+                                         "1 request, pyroute2 kept open": [], "1 request, raw": [],
+                                         "1 request, pyroute2 opened for it": []}
+        for i in range(200):  # one small request (the index of lo), interleaved
+            for kind in ("1 request, pyroute2 kept open", "1 request, raw", "1 request, pyroute2 opened for it"):
+                t = time.perf_counter()
+                if kind.endswith("raw"):
+                    rtnl.request(get_link, "lo")
+                elif kind.endswith("open"):
+                    mover.link_lookup(ifname="lo")
+                else:
+                    with IPRoute() as fresh:
+                        fresh.link_lookup(ifname="lo")
+                times[kind].append(time.perf_counter() - t)
         made: list[tuple[str, str]] = []
         for i in range(count + 2):
             for kind in (("pyroute2", "raw") if i % 2 else ("raw", "pyroute2")):
@@ -233,8 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     times = run(args.count)
     for kind, values in times.items():
         ms = [v * 1000 for v in values]
-        print(f"   {kind:13s} median {statistics.median(ms):6.2f} ms  (min {min(ms):.2f}, max {max(ms):.2f}, n={len(ms)})")
+        print(f"   {kind:34s} median {statistics.median(ms):6.2f} ms  (min {min(ms):.2f}, max {max(ms):.2f}, n={len(ms)})")
     ratio = statistics.median(times["raw"]) / statistics.median(times["pyroute2"])
+    print("   (create: Dataplane.create_workload with its own IPRoute vs raw_workload on one socket; del: "
+          "Dataplane.remove_workload vs RTM_GETLINK + RTM_DELLINK)")
     print(f"   raw / pyroute2 (create) = {ratio:.2f}")
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")
     return 0
