@@ -23,6 +23,11 @@ not hold - after a plugin restart, every reservation comes back from etcd. A
 mapping whose port someone else took meanwhile is left out of the rules (so
 it cannot steal their traffic) and logged, and retried at every later sync.
 
+Whenever the target of a published UDP host port changes (published,
+unpublished, handed to another container; and at start-up), the UDP
+conntrack entries to that port are deleted (:mod:`plugin.conntrack`), so a
+client that keeps its source port reaches the new target.
+
 Without ``reserve`` (``warrenctl node start``, before the server runs) only
 the rules are written, from the records.
 
@@ -33,6 +38,7 @@ concurrent sync can never drop a reservation that is being recorded.
 """
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import socket
@@ -40,10 +46,11 @@ import subprocess
 import threading
 from typing import Callable
 
+from .conntrack import forget_udp
 from .errors import PluginError
 from .hostports import HostPorts, PortTaken, allocated
-from .portplan import (CHAIN, EPHEMERAL, HAIRPIN, Mapping, Request, dnat_rules, host_addresses, port_candidates,
-                       proxy_target, stored)
+from .portplan import (CHAIN, EPHEMERAL, HAIRPIN, Mapping, Request, dnat_rules, dnat_target, host_addresses,
+                       port_candidates, proxy_target, stored)
 from .portproxy import PortProxy
 from .records import Endpoint
 
@@ -92,7 +99,8 @@ class PortPublisher:
 
     def __init__(self, reserve: bool = False, load: Callable[[], list[Endpoint]] | None = None,
                  hostports: HostPorts | None = None, apply: Callable[[Published], None] = apply_rules,
-                 host_v6: bool | None = None, ephemeral: tuple[int, int] | None = None) -> None:
+                 host_v6: bool | None = None, ephemeral: tuple[int, int] | None = None,
+                 forget: Callable[[set[tuple[int, int]]], int] = forget_udp) -> None:
         self.lock = threading.RLock()
         self.load = load   # fresh records of this host's endpoints (sync re-reads them under the lock)
         self.hostports = hostports if hostports is not None else (HostPorts(PortProxy()) if reserve else None)
@@ -101,6 +109,8 @@ class PortPublisher:
         self._ephemeral = ephemeral or ephemeral_range()
         self._next: int | None = None   # round robin over the ephemeral range
         self._lost: set[tuple[str, tuple]] = set()
+        self._forget = forget
+        self._udp: dict[tuple, tuple] | None = None  # UDP mapping -> (endpoint, DNAT target) last applied
 
     # -- one endpoint ------------------------------------------------------------------
 
@@ -187,6 +197,21 @@ class PortPublisher:
             if self.hostports is not None:
                 published = self._hold(published)
             self._apply(published)
+            self._forget_changed_udp(published)
+
+    def _forget_changed_udp(self, published: Published) -> None:
+        """UDP flows to a host port whose target changed must not keep the old one (conntrack)."""
+        udp = {m.key: (e.id, dnat_target(m, e)) for e, ms in published for m in ms if m.proto == "udp"}
+        before = self._udp
+        self._udp = udp
+        changed = set(udp) if before is None else {k for k in udp.keys() | before.keys()
+                                                   if udp.get(k) != before.get(k)}
+        ports = {(ipaddress.ip_address(host_ip).version, port) for _, host_ip, port in changed}
+        if ports:
+            try:
+                self._forget(ports)
+            except Exception as exc:  # never fail a publish over stale flows
+                log.warning("could not clear UDP flows to %s: %s", sorted(ports), exc)
 
     def _hold(self, published: Published) -> Published:
         owners: dict[tuple, set[str]] = {}

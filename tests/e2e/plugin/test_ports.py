@@ -85,9 +85,10 @@ def serves(lab, host, addr, port, marker) -> bool:
     return False
 
 
-def udp_echo(lab, host, addr, port) -> str:
+def udp_echo(lab, host, addr, port, sport=0) -> str:
     family = "AF_INET6" if ":" in addr else "AF_INET"
     code = (f"import socket; s = socket.socket(socket.{family}, socket.SOCK_DGRAM); s.settimeout(1)\n"
+            f"s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('', {sport}))\n"
             f"for _ in range(10):\n"
             f" s.sendto(b'ping', ({addr!r}, {port}))\n"
             f" try: print(s.recvfrom(100)[0].decode()); break\n"
@@ -186,6 +187,18 @@ def test_udp_both_ways_with_the_bridge(lab, net, bridge):
     refused(dk(lab, "host1", "run", "-d", "--init", "--name", "pwu", "--net", net, "-p", "5354:53/udp", IMAGE,
                "sleep", "600", check=False), "address already in use")
     assert "--dport 5354 " not in dnat_rules(lab) and endpoints(lab) == before
+
+
+def test_a_udp_flow_follows_the_port_to_its_next_owner(lab, net, bridge):
+    """Conntrack remembers where a UDP flow was DNATed; a port handed on must not keep the old target."""
+    udp = ("-v", "/:/hostfs:ro")
+    command = ("chroot", "/hostfs", "/usr/bin/python3", "-c", UDP_ECHO)
+    host = underlay(lab, "host1")
+    run(lab, "host1", "pwu1", net, "-p", "5356:53/udp", *udp, command=command)
+    assert udp_echo(lab, "host2", host, 5356, sport=40123) == "echo-ping"
+    dk(lab, "host1", "rm", "-f", "pwu1")
+    run(lab, "host1", "pwu2", net, "-p", "5356:53/udp", *udp, command=command)
+    assert udp_echo(lab, "host2", host, 5356, sport=40123) == "echo-ping"  # the same client flow
 
 
 def test_loopback_only_mapping_is_reachable_only_from_the_host(lab, net, bridge):

@@ -43,6 +43,7 @@ class FakeKernel:
         self.open: set[tuple] = set()
         self.busy: set[tuple] = set()
         self.rules: dict[str, list] = {}
+        self.forgotten: list[set] = []
 
     def opener(self, m):
         if m.key in self.busy:
@@ -54,6 +55,10 @@ class FakeKernel:
             def close(self):
                 kernel.open.discard(m.key)
         return Sock()
+
+    def forget(self, ports):  # conntrack of the test machine is none of our business
+        self.forgotten.append(ports)
+        return 0
 
     def apply(self, published):
         self.rules = {e.id: sorted(m.key for m in ms) for e, ms in published if ms}
@@ -67,7 +72,7 @@ def kernel():
 @pytest.fixture
 def client(store, kernel):
     ports = PortPublisher(hostports=HostPorts(opener=kernel.opener), apply=kernel.apply, host_v6=True,
-                          ephemeral=(40000, 40009))
+                          ephemeral=(40000, 40009), forget=kernel.forget)
     return build(PluginConfig(host="host1"), store, FakeDataplane(), ports=ports).test_client()
 
 
@@ -145,6 +150,7 @@ def test_docker_29_gateway_changes_program_and_revoke(client, store, kernel, net
     ok(client, "NetworkDriver.RevokeExternalConnectivity", {"NetworkID": NET, "EndpointID": A})  # idempotent
     ok(client, "NetworkDriver.ProgramExternalConnectivity", program(A, (6, 80, "", 8080), (17, 53, "127.0.0.1", 53)))
     assert portmap(client, A) == [("0.0.0.0", 8080, 80), ("127.0.0.1", 53, 53), ("::", 8080, 80)]
+    assert kernel.forgotten == [{(4, 53)}]  # the first UDP mapping's flows
     ok(client, "NetworkDriver.Leave", {"NetworkID": NET, "EndpointID": A})
     ok(client, "NetworkDriver.DeleteEndpoint", {"NetworkID": NET, "EndpointID": A})  # no Revoke first: still cleaned
     assert kernel.open == set() and kernel.rules == {}

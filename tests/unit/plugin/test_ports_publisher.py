@@ -71,6 +71,7 @@ def rules():
 
 
 def publisher(kernel, rules, records=None, **kw):
+    kw.setdefault("forget", lambda ports: 0)
     p = PortPublisher(hostports=HostPorts(opener=kernel), apply=rules, host_v6=True, ephemeral=(40000, 40004), **kw)
     if records is not None:
         p.load = lambda: list(records.values())
@@ -235,6 +236,19 @@ def test_sync_rereads_records_so_a_stale_list_cannot_drop_a_fresh_reservation(ke
     assert ("tcp", "0.0.0.0", 8080) in kernel.open
 
 
+def test_udp_flows_are_forgotten_when_a_port_changes_hands(kernel, rules):
+    forgotten = []
+    driver = FakeDriver(endpoint(), endpoint(B, v6=False))
+    pub = Publishing(driver, publisher(kernel, rules, driver.records, forget=lambda ports: forgotten.append(ports)))
+    pub.program(A, portmap((17, 53, "", 5353, 5353), (6, 80, "", 8080, 8080)))
+    assert forgotten == [{(4, 5353), (6, 5353)}]      # first sync: every UDP port (also after a restart)
+    pub.program(A, portmap((17, 53, "", 5353, 5353), (6, 80, "", 8080, 8080)))
+    assert len(forgotten) == 1                       # nothing changed
+    pub.revoke(A)
+    pub.program(B, portmap((17, 53, "", 5353, 5353)))
+    assert forgotten[1:] == [{(4, 5353), (6, 5353)}, {(4, 5353), (6, 5353)}]  # given up, then to B (v6 proxied)
+
+
 def test_without_a_publisher_ports_are_refused_and_nothing_else_is():
     driver = FakeDriver(endpoint())
     pub = Publishing(driver, None)
@@ -245,7 +259,7 @@ def test_without_a_publisher_ports_are_refused_and_nothing_else_is():
 
 
 def test_rules_only_publisher_writes_every_record(rules):
-    p = PortPublisher(apply=rules, host_v6=True)
+    p = PortPublisher(apply=rules, host_v6=True, forget=lambda ports: 0)
     e = endpoint(ports=[{"proto": "tcp", "host_port": 8080, "container_port": 80, "host_ip": "0.0.0.0"}],
                  published=True)
     p.sync([e, endpoint(B)])
