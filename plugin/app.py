@@ -94,6 +94,8 @@ def _string_map(body: dict, name: str) -> dict[str, str]:
 def create_app(network: NetworkDriver, ipam: IpamDriver, scope: str = "local",
                connectivity_scope: str = "global") -> Flask:
     app = Flask("warren")
+    # the default pools are shared by every network made without --subnet: never routed per interface
+    network.shared_pools = frozenset(ipam.default_pools.values())
     publishing = Publishing(network, network.ports)
     routes: dict[str, Callable[[dict], Any]] = {}
 

@@ -14,12 +14,15 @@ Docker 26 looks the IPv6 gateway up right after link-up, when the kernel's
 ``fe80::/64`` route may not exist yet, which failed 41 % of dual-stack starts),
 routes to the network's pools via the gateway (so traffic to a network
 always leaves through that network's interface, whichever interface has the
-default route; a pool another interface of the container already routes is
-left to it: the same route twice would be refused), and ``Gateway`` /
+default route), and ``Gateway`` /
 ``GatewayIPv6`` on *every* interface, so Docker's choice of gateway endpoint
 (``gw-priority`` on 28+, else its own order) decides the default route.
 Endpoints of ``--internal`` networks get no ``Gateway``: only their pools are
-routed. ``DisableGatewayService`` is always set, so Docker never adds
+routed. A pool is not routed when it cannot tell networks apart or a route
+would break the next interface: the default pools (shared by every network
+made without ``--subnet``) and the pools of the container's other Warren
+networks (libnetwork refuses an interface address that an existing route
+contains, and the same route twice). ``DisableGatewayService`` is always set, so Docker never adds
 ``docker_gwbridge`` (also not for IPv6-only networks).
 
 CreateNetwork's options are read by :mod:`plugin.netoptions`.
@@ -66,6 +69,7 @@ class NetworkDriver:
     pool_encap: Callable[[str], str] = lambda cidr: "none"
     ports: PortPublisher | None = None  # owner of the -p DNAT rules (None: -p unsupported)
     names: NameResolver | None = None   # learns Docker's network names in the background
+    shared_pools: frozenset[str] = frozenset()  # never routed per interface (the default pools)
     _networks: dict[str, Network] = field(default_factory=dict)
 
     # -- networks -----------------------------------------------------------
@@ -178,16 +182,16 @@ class NetworkDriver:
             self._release_slot(joined)
             raise PluginError(str(exc)) from None
         try:
-            routed = self._pools_routed_by(others)
+            unrouted = self._pools_routed_by(others) | self.shared_pools
             self.save(joined)
         except Exception:
             self.dataplane.remove_workload(endpoint_id)
             self._release_slot(joined)
             raise
-        return join_answer(tmp, slot, endpoint, network, routed)
+        return join_answer(tmp, slot, endpoint, network, unrouted)
 
     def _pools_routed_by(self, endpoint_ids: list[str]) -> set[str]:
-        """Pools that other warren interfaces of the same container already route."""
+        """The pools of the networks of the container's other warren interfaces."""
         pools: set[str] = set()
         for other in endpoint_ids:
             kv = self.store.get(keys.endpoint(self.host, other))
@@ -236,7 +240,7 @@ class NetworkDriver:
 
 
 def join_answer(src_name: str, slot: int, endpoint: Endpoint, network: Network,
-                routed_elsewhere: set[str] = frozenset()) -> dict:
+                unrouted: set[str] | frozenset[str] = frozenset()) -> dict:
     """Join's answer for an endpoint holding gateway ``slot`` (see the module docstring)."""
     routes: list[dict] = []
     answer: dict = {"InterfaceName": {"SrcName": src_name, "DstPrefix": "eth"},
@@ -248,7 +252,7 @@ def join_answer(src_name: str, slot: int, endpoint: Endpoint, network: Network,
             continue
         routes.append({"Destination": f"{gateway}/{length}", "RouteType": 1})
         routes += [{"Destination": p, "RouteType": 0, "NextHop": gateway}
-                   for p in pools if p not in routed_elsewhere]
+                   for p in pools if p not in unrouted]
         if not network.internal:
             answer[key] = gateway
     answer["StaticRoutes"] = routes

@@ -447,3 +447,14 @@ def test_pools_of_real_networks_and_of_the_user_are_kept(client, store):
     ok(client, "NetworkDriver.DeleteNetwork", {"NetworkID": NET})
     ok(client, "IpamDriver.ReleasePool", {"PoolID": "10.20.10.0/24"})
     assert PoolStore(store).get("10.20.10.0/24") is not None
+
+
+def test_default_pool_is_never_routed_per_interface(client):
+    """Every network made without --subnet shares it: a route to it on the first interface
+    would make libnetwork refuse the next interface's address ("conflicts with existing route")."""
+    make_network(client, subnet="")
+    ok(client, "NetworkDriver.CreateEndpoint", {"NetworkID": NET, "EndpointID": EP,
+                                                "Interface": {"Address": "10.30.0.9/32"}})
+    joined = ok(client, "NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP, "SandboxKey": "/x"})
+    assert joined["StaticRoutes"] == [{"Destination": "169.254.1.1/32", "RouteType": 1}]
+    assert joined["Gateway"] == "169.254.1.1"

@@ -66,5 +66,5 @@ def test_join_answer_internal_v6_only_and_shared_pools():
     answer = join_answer("tmpe", 1, ep, internal)
     assert "Gateway" not in answer and "GatewayIPv6" not in answer
     assert answer["DisableGatewayService"] is True
-    shared = join_answer("tmpe", 1, ep, NET, routed_elsewhere={"fd00::/64"})
+    shared = join_answer("tmpe", 1, ep, NET, unrouted={"fd00::/64"})
     assert shared["StaticRoutes"] == [{"Destination": "fe80::ecee:eeff:feee:eeee/128", "RouteType": 1}]
