@@ -111,6 +111,7 @@ class PortPublisher:
         self._lost: set[tuple[str, tuple]] = set()
         self._forget = forget
         self._udp: dict[tuple, tuple] | None = None  # UDP mapping -> (endpoint, DNAT target) last applied
+        self._published: set[str] | None = None       # endpoint ids published at the last sync (None: unknown)
 
     # -- one endpoint ------------------------------------------------------------------
 
@@ -194,10 +195,16 @@ class PortPublisher:
             if self.load is not None:
                 endpoints = self.load()
             published = [(e, stored(e)) for e in endpoints or [] if e.published and e.ports]
+            self._published = {e.id for e, _ in published}
             if self.hostports is not None:
                 published = self._hold(published)
             self._apply(published)
             self._forget_changed_udp(published)
+
+    def may_publish(self, endpoint_id: str) -> bool:
+        """False only if the records said at the last sync that the endpoint publishes nothing."""
+        with self.lock:
+            return self._published is None or endpoint_id in self._published
 
     def _forget_changed_udp(self, published: Published) -> None:
         """UDP flows to a host port whose target changed must not keep the old one (conntrack)."""

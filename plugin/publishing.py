@@ -18,6 +18,11 @@ rewrite the rules from the records. A failure after the claim puts the old
 record back and closes the new sockets. The whole sequence holds the
 publisher's lock, so a concurrent sync cannot drop what is being recorded.
 
+Cost for the many containers that publish nothing: Program without a port
+map returns at once (a sandbox's port map never changes, so there is nothing
+to undo either), and Revoke of an endpoint the last sync saw unpublished
+does not read etcd.
+
 EndpointOperInfo answers with the endpoint's details and, in Docker's shape,
 ``com.docker.network.portmap`` (real host ports) and the exposed ports.
 Note that dockerd 20.10-29 read that port map only from built-in drivers: for
@@ -37,6 +42,7 @@ from typing import TYPE_CHECKING
 from .errors import PluginError
 from .portplan import NO_PROXY_6TO4, PORTMAP, oper_value, parse_portmap, records
 from .ports import PortPublisher
+from .records import Endpoint
 
 if TYPE_CHECKING:
     from .networks import NetworkDriver
@@ -58,12 +64,10 @@ class Publishing:
             if requests:
                 raise PluginError("publishing ports (-p) is not available on this node")
             return
+        if not requests:  # most containers: no etcd read (a sandbox's port map never changes)
+            return
         with self.ports.lock:
             endpoint = self.driver.endpoint(endpoint_id)
-            if not requests:
-                if endpoint.published:  # programmed again without ports: nothing to publish
-                    self._unpublish(endpoint)
-                return
             mappings, undo = self.ports.claim(endpoint, requests, no_v6)
             try:
                 self.driver.save(replace(endpoint, ports=records(mappings), published=True))
@@ -78,7 +82,7 @@ class Publishing:
         log.info("endpoint %s publishes %s", endpoint_id[:12],
                  ", ".join(f"{m.show()}->{m.container_port}" for m in mappings) or "nothing")
 
-    def _restore(self, endpoint, undo) -> None:
+    def _restore(self, endpoint: Endpoint, undo) -> None:
         try:
             self.driver.save(endpoint)
         except Exception as exc:  # etcd gone: the next sync settles it
@@ -90,8 +94,8 @@ class Publishing:
             log.warning("after a failed publish: %s", exc)
 
     def revoke(self, endpoint_id: str) -> None:
-        if self.ports is None:
-            return
+        if self.ports is None or not self.ports.may_publish(endpoint_id):
+            return  # known unpublished: no etcd read on every container stop
         with self.ports.lock:
             try:
                 endpoint = self.driver.endpoint(endpoint_id)
@@ -100,7 +104,7 @@ class Publishing:
             if endpoint.published:
                 self._unpublish(endpoint)
 
-    def _unpublish(self, endpoint) -> None:
+    def _unpublish(self, endpoint: Endpoint) -> None:
         self.driver.save(replace(endpoint, published=False))
         self.ports.sync(self.driver.local_endpoints())
 

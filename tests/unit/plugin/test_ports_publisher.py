@@ -141,8 +141,10 @@ class FakeDriver:
     def __init__(self, *endpoints):
         self.records = {e.id: e for e in endpoints}
         self.fail_save = False
+        self.reads = 0
 
     def endpoint(self, eid):
+        self.reads += 1
         if eid not in self.records:
             raise PluginError(f"endpoint {eid[:12]} does not exist on host h")
         return self.records[eid]
@@ -204,8 +206,14 @@ def test_docker_29_programs_again_keeping_ports_and_no_proxy_6to4_drops_ipv6(ker
     assert [m.key for m in stored(driver.records[A])] == [("tcp", "0.0.0.0", 40000), ("tcp", "::", 40000)]
     pub.program(A, {**options, NO_PROXY_6TO4: True})
     assert set(kernel.open) == {("tcp", "0.0.0.0", 40000)}
-    pub.program(A, {})                                   # programmed without ports: unpublished
+    reads = driver.reads
+    pub.program(A, {})                                   # no port map: nothing to do, not even a read
+    assert set(kernel.open) == {("tcp", "0.0.0.0", 40000)} and driver.reads == reads
+    pub.revoke(A)                                        # no longer any gateway: all given back
     assert kernel.open == {} and not driver.records[A].published
+    reads = driver.reads
+    pub.revoke(A)                                        # known unpublished since the last sync: no read
+    assert driver.reads == reads
 
 
 def test_restart_restores_reservations_from_the_records_and_skips_a_port_taken_meanwhile(kernel, rules):
