@@ -30,12 +30,20 @@ Design (the one Calico's Felix used):
 * IPv4 is required; IPv6 is best effort (a host whose ip6tables has no nat
   table logs a warning and keeps IPv4 working).
 * :class:`NatOutgoing` keeps the kernel in line with etcd: ``sync`` reads
-  the pools and applies them; ``follow`` (a thread of the node's BGP
-  speaker, :mod:`bgp.speaker`) syncs, watches ``/warren/v1/pools/`` and
+  the pools and applies them; ``follow`` (a thread of the node agent,
+  :mod:`ctl.agent`) syncs, watches ``/warren/v1/pools/`` and
   resyncs on every change. When etcd is unreachable it retries with
   backoff and leaves the kernel as it is: workloads keep their NAT while the
   datastore is away. Nothing is removed when the node stops, for the same
   reason.
+
+Beside Docker's firewall: dockerd's nat rules only masquerade its bridges'
+subnets and DNAT its published ports, so they never meet this rule; the
+FORWARD side of nat-outgoing (routed traffic must be accepted when dockerd
+set the FORWARD policy to DROP) is the policy agent's (:mod:`profiles.generator`).
+Endpoints of ``--internal`` networks never get here with a destination
+outside the pools: the policy agent drops such packets in FORWARD, before
+POSTROUTING, whatever their pool's ``nat_outgoing`` says.
 
 Warren only ever touches chains named ``WARREN-*`` and sets named
 ``warren-*``.
