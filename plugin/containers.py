@@ -7,7 +7,10 @@ exactly what a plugin endpoint gets, from the same code
 has proxy ARP, /32 (/128) routes and permanent neighbours, the container
 side created *directly inside* the container's network namespace (found
 by asking dockerd for its pid: ``/proc/<pid>/ns/net``) under its final name,
-then addresses, the ``169.254.1.1`` gateway and default routes inside.
+then addresses, the ``169.254.1.1`` gateway and default routes inside. An
+IPv6 address first turns IPv6 back on for that interface: Docker 26+ sets
+``disable_ipv6=1`` in containers it gave no IPv6 address, and new interfaces
+inherit it (``Dataplane.configure_peer``).
 
 Records: one endpoint record per container interface, like the plugin's
 (``network`` is empty, ``container`` and ``ifname`` say where it lives),
