@@ -204,6 +204,20 @@ def test_a_udp_flow_follows_the_port_to_its_next_owner(lab, net, bridge):
     assert udp_echo(lab, "host2", host, 5356, sport=40123) == "echo-ping"  # the same client flow
 
 
+def test_ipv6_host_addresses_both_ways_with_the_bridge(lab, net, bridge):
+    serve(lab, "pw", net, "-p", "[::]:8098:80")  # IPv6 host addresses only
+    assert serves(lab, "host2", ip6(lab, "host1"), 8098, "pw")
+    assert "hello-from" not in fetch(lab, "host2", underlay(lab, "host1"), 8098)
+    refused(dk(lab, "host1", "run", "-d", "--name", "pb", "-p", "8098:80", IMAGE, "sleep", "600", check=False),
+            "address already in use", "port is already allocated")  # the bridge wants [::]:8098 too
+    dk(lab, "host1", "rm", "-f", "pw", "pb")
+    serve_bridge(lab, "pb2", "-p", "[::]:8099:80")
+    before = endpoints(lab)
+    refused(dk(lab, "host1", "run", "-d", "--init", "--name", "pw2", "--net", net, "-p", "[::]:8099:80", IMAGE,
+               "sleep", "600", check=False), "address already in use")
+    nothing_left(lab, 8099, before)
+
+
 def test_loopback_only_mapping_is_reachable_only_from_the_host(lab, net, bridge):
     serve(lab, "pw", net, "-p", "127.0.0.1:8082:80")
     assert serves(lab, "host1", "127.0.0.1", 8082, "pw")
