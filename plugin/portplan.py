@@ -257,3 +257,10 @@ def oper_value(endpoint: Endpoint) -> dict:
         if port not in exposed:
             exposed.append(port)
     return {PORTMAP: portmap, EXPOSED_PORTS: exposed}
+
+
+def ports_column(endpoint: Endpoint) -> str:
+    """The published ports as ``docker ps`` shows a bridge container's (for warrenctl: dockerd cannot)."""
+    if not endpoint.published:
+        return ""
+    return ", ".join(f"{m.show().rsplit('/', 1)[0]}->{m.container_port}/{m.proto}" for m in stored(endpoint))

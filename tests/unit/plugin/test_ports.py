@@ -3,7 +3,7 @@ import pytest
 
 from plugin.errors import PluginError
 from plugin.portplan import (EXPOSED_PORTS, PORTMAP, Mapping, Request, conflicts, dnat_rules, host_addresses,
-                             oper_value, parse_portmap, port_candidates, proxy_target, stored)
+                             oper_value, parse_portmap, ports_column, port_candidates, proxy_target, stored)
 from plugin.records import Endpoint
 
 ID = "a" * 64
@@ -129,3 +129,11 @@ def test_oper_value_reports_real_host_ports_in_dockers_shape():
         {"Proto": 17, "IP": "10.20.10.5", "Port": 53, "HostIP": "127.0.0.1", "HostPort": 53, "HostPortEnd": 53}]
     assert value[EXPOSED_PORTS] == [{"Proto": 6, "Port": 80}, {"Proto": 17, "Port": 53}]
     assert oper_value(ep(ports=e.ports, published=False)) == {}
+
+
+def test_ports_column_as_docker_ps_shows_it():
+    e = ep(ports=[{"proto": "tcp", "host_port": 8080, "container_port": 80, "host_ip": "0.0.0.0"},
+                  {"proto": "tcp", "host_port": 8080, "container_port": 80, "host_ip": "::"},
+                  {"proto": "udp", "host_port": 53, "container_port": 53, "host_ip": "127.0.0.1"}])
+    assert ports_column(e) == "0.0.0.0:8080->80/tcp, [::]:8080->80/tcp, 127.0.0.1:53->53/udp"
+    assert ports_column(ep(ports=e.ports, published=False)) == ""
