@@ -141,8 +141,10 @@ def host_addresses(request: Request, has_v4: bool, has_v6: bool, host_v6: bool =
         if version == 4 and not has_v4:
             raise PluginError(f"cannot publish on IPv4 address {request.host_ip}: "
                               "the container has no IPv4 address on this network")
-        if version == 6 and (no_v6 or not host_v6):
-            return []
+        if version == 6 and not host_v6:
+            raise PluginError(f"cannot publish on IPv6 address {request.host_ip}: this host has no IPv6")
+        if version == 6 and no_v6:
+            return []  # Docker 29: another endpoint of the container publishes on IPv6
         return [request.host_ip]
     out = [WILDCARD[4]] if has_v4 else []
     if host_v6 and not no_v6 and (has_v4 or has_v6):

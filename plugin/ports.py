@@ -95,7 +95,7 @@ def host_has_ipv6() -> bool:
 
 
 class PortPublisher:
-    """Owner of the WARREN-DNAT chains and, with ``reserve``, of the host port sockets."""
+    """Owner of the WARREN-DNAT and WARREN-HAIRPIN chains and, with ``reserve``, of the host port sockets."""
 
     def __init__(self, reserve: bool = False, load: Callable[[], list[Endpoint]] | None = None,
                  hostports: HostPorts | None = None, apply: Callable[[Published], None] = apply_rules,

@@ -58,6 +58,8 @@ def test_host_addresses_follow_the_container_and_docker_29():
     assert host_addresses(Request("tcp", 80, "::1"), True, True, no_v6=True) == []
     with pytest.raises(PluginError, match="no IPv4 address"):
         host_addresses(Request("tcp", 80, "127.0.0.1"), False, True)
+    with pytest.raises(PluginError, match="this host has no IPv6"):
+        host_addresses(Request("tcp", 80, "::1"), True, True, host_v6=False)
 
 
 def test_port_candidates():
