@@ -71,8 +71,7 @@ def test_dual_stack_starts_never_fail(lab, capsys):
         result = dk(lab, "host1", "run", "--rm", "--init", "--net", "ds60", IMAGE, "ip", "-6", "route",
                     check=False)
         if result.returncode != 0:
-            failures.append(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "exit "
-                            + str(result.returncode))
+            failures.append(" | ".join(result.stderr.strip().splitlines()) or f"exit {result.returncode}")
         elif f"default via {GATEWAY_V6} dev eth0" not in result.stdout:
             failures.append(f"no IPv6 default route: {result.stdout.strip()!r}")
     engine = dk(lab, "host1", "version", "-f", "{{.Server.Version}}").stdout.strip()

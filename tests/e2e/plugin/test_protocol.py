@@ -177,13 +177,14 @@ def test_gw_priority_picks_the_default_route(lab):
         assert pings(lab, "host1", "c47", address(lab, "host1", peer, net))
         assert pings(lab, "host1", "c47", address(lab, "host1", peer, net, v6=True), v6=True)
     # connect/disconnect: the higher priority wins, and the default comes back when it leaves
-    dk(lab, "host1", "network", "create", "-d", "warren", "--ipam-driver", "warren",
-       "--subnet", "10.20.49.0/24", "nc")
+    # (dual-stack like the others: Docker prefers a dual-stack gateway to a higher-priority
+    # single-stack one, see selectGatewayEndpoint in moby's libnetwork/default_gateway.go)
+    dk(lab, "host1", *CREATE, "--ipv6", "--subnet", "10.20.49.0/24", "--subnet", "fd00:49::/64", "nc")
     dk(lab, "host1", "network", "connect", "--gw-priority", "20", "nc", "c47")
     c_if = iface_of(lab, "c47", address(lab, "host1", "c47", "nc"))
-    assert default_dev(lab, "c47") == c_if
+    assert default_dev(lab, "c47") == c_if and default_dev(lab, "c47", v6=True) == c_if
     dk(lab, "host1", "network", "disconnect", "nc", "c47")
-    assert default_dev(lab, "c47") == b_if
+    assert default_dev(lab, "c47") == b_if and default_dev(lab, "c47", v6=True) == b_if
     assert pings(lab, "host1", "c47", address(lab, "host1", "peer-a", "na"))
 
 
