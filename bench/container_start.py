@@ -16,9 +16,13 @@ A. In one warren-lab host (its own dockerd, of the engine ``--engine``, with Doc
 B. Per-endpoint plumbing as a host grows to ``--endpoints`` endpoints: the plugin's
    own request path (RequestAddress, CreateEndpoint, Join, ProgramExternalConnectivity;
    real veths and routes, real etcd) in a private network namespace with its own etcd,
-   driven by bench/plugin_profile.py (which also says where the time goes). Reports
-   the median cost of endpoints 11-30 and of the last 20, and their ratio (goal:
-   flat within 1.2x), and the cost by kind (etcd, netlink, sysctl, python) for both.
+   driven by bench/plugin_profile.py (which also says where the time goes). On a
+   shared machine the load drifts more in a few minutes than any growth would show,
+   so a second plugin in namespaces and an etcd of its own, holding 10 endpoints (each
+   new one removed again), is driven in turn with the growing one: the figure is the
+   same-time ratio growing/small, its median over the last 50 endpoints against
+   endpoints 11-60 (goal: flat within 1.2x), with the cost by kind (etcd, netlink,
+   sysctl, python, flask) early and late on both hosts.
 
 Everything runs in namespaces this script creates and removes; nothing is sent
 outside them.
@@ -37,8 +41,7 @@ import statistics
 import sys
 import time
 
-from bench import plugin_profile
-from bench.plugin_profile import START_CALLS, STOP_CALLS, Options, by_kind
+from bench.plugin_profile import START_CALLS, STOP_CALLS, Harness, by_kind
 from bench.runinfo import header
 from ctl.lab import IMAGE, Lab
 
@@ -249,17 +252,52 @@ def report_docker_run(result: dict, runs: int) -> None:
 
 # -- B. per-endpoint plumbing --------------------------------------------------------
 
-def report_plumbing(samples: list, count: int) -> None:
-    costs = [s.total(START_CALLS) for s in samples]
+SMALL = 10  # endpoints the same-time baseline host holds
+
+
+def measure_plumbing(count: int, progress: bool = True) -> tuple[list, list]:
+    """Two plugins in their own namespaces and etcds, driven in turn (the first one alternating):
+    one keeps every endpoint (the host grows to ``count``), the other holds SMALL and removes each
+    new one again (the same calls on a small host, in the same minutes). Returns both sample lists."""
+    with Harness() as big, Harness() as small:
+        for _ in range(SMALL):
+            small.container(record=False)
+        grown, base = [], []
+        for i in range(count):
+            if i % 2:
+                base.append(small.container(teardown=True))
+                grown.append(big.container())
+            else:
+                grown.append(big.container())
+                base.append(small.container(teardown=True))
+            if progress and (i + 1) % 100 == 0:
+                print(f"   ... {i + 1} endpoints", file=sys.stderr, flush=True)
+    return grown, base
+
+
+def report_plumbing(grown: list, base: list, count: int) -> None:
+    costs = [s.total(START_CALLS) for s in grown]
+    bases = [s.total(START_CALLS) for s in base]
     early, late = statistics.median(costs[10:30]), statistics.median(costs[-20:])
-    flat = late / early
     print(f"\nB. plugin per-endpoint plumbing ({' + '.join(c.split('.')[-1] for c in START_CALLS)}), "
-          f"1 host growing to {count} endpoints")
-    print(f"   endpoints 11-30 median {early * 1000:.2f} ms; last 20 median {late * 1000:.2f} ms")
-    print(f"   late/early = {flat:.2f}   goal <= {GOAL_FLAT}   {'PASS' if flat <= GOAL_FLAT else 'MISS'}")
-    first, last = by_kind(samples[10:30]), by_kind(samples[-20:])
-    print("   by kind, ms per endpoint (mean): " + ", ".join(
-        f"{k} {first[k][0]:.2f} -> {last.get(k, (0.0, 0))[0]:.2f}" for k in first))
+          f"1 host growing to {count} endpoints, against a host holding {SMALL} driven in turn")
+    print(f"   growing host: endpoints 11-30 median {early * 1000:.2f} ms; last 20 median {late * 1000:.2f} ms "
+          f"(late/early {late / early:.2f}; load drifts between the two)")
+    ratios = [c / b for c, b in zip(costs, bases)]
+    r_early, r_late = statistics.median(ratios[10:60]), statistics.median(ratios[-50:])
+    print(f"   same-time ratio growing/small host: endpoints 11-60 median {r_early:.2f}; "
+          f"last 50 median {r_late:.2f}")
+    flat = r_late / r_early
+    print(f"   flatness (last 50 / 11-60 of those ratios) = {flat:.2f}   goal <= {GOAL_FLAT}   "
+          f"{'PASS' if flat <= GOAL_FLAT else 'MISS'}")
+    step = max(len(ratios) // 10, 1)
+    print("   same-time ratio per tenth of the run: " + ", ".join(
+        f"{statistics.median(ratios[i:i + step]):.2f}" for i in range(0, len(ratios) - step + 1, step)))
+    first, last = by_kind(grown[10:60]), by_kind(grown[-50:])
+    sfirst, slast = by_kind(base[10:60]), by_kind(base[-50:])
+    print("   by kind, ms per endpoint (mean), growing host early -> late [small host early -> late]: " + ", ".join(
+        f"{k} {first[k][0]:.2f} -> {last.get(k, (0.0, 0))[0]:.2f} "
+        f"[{sfirst.get(k, (0.0, 0))[0]:.2f} -> {slast.get(k, (0.0, 0))[0]:.2f}]" for k in first))
 
 
 # -- report ---------------------------------------------------------------------------
@@ -286,8 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     if "A" in parts:
         report_docker_run(measure_docker_run(args.runs, args.engine, args.docker_firewall, args.split), args.runs)
     if "B" in parts:
-        samples, _ = plugin_profile.run(Options(containers=args.endpoints, progress=True))
-        report_plumbing(samples, args.endpoints)
+        report_plumbing(*measure_plumbing(args.endpoints), args.endpoints)
     print(f"\nload average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0
 

@@ -283,7 +283,8 @@ class Options:
     progress: bool = False
 
 
-def _in_netns(ns: str, sink: str, endpoint: str, opts: Options, conn) -> None:
+def _serve(ns: str, sink: str, endpoint: str, warmup: int, conn) -> None:
+    """The child, inside ``ns``: build the plugin, then do what the parent asks, one container at a time."""
     try:
         from pyroute2 import IPRoute, netns
         netns.setns(ns)
@@ -329,7 +330,7 @@ def _in_netns(ns: str, sink: str, endpoint: str, opts: Options, conn) -> None:
         mover = IPRoute()
         sink_fd = os.open(f"/run/netns/{sink}", os.O_RDONLY)
 
-        def container(record: bool) -> None:
+        def container(record: bool, teardown: bool) -> Sample | None:
             ep = secrets.token_hex(32)
             if record:
                 recorder.begin()
@@ -347,7 +348,7 @@ def _in_netns(ns: str, sink: str, endpoint: str, opts: Options, conn) -> None:
             call("NetworkDriver.ProgramExternalConnectivity", {"NetworkID": net, "EndpointID": ep, "Options": {
                 "com.docker.network.endpoint.exposedports": [], "com.docker.network.portmap": []}})
             call("NetworkDriver.EndpointOperInfo", {"NetworkID": net, "EndpointID": ep})  # once on 28, twice on 20.10
-            if opts.teardown:
+            if teardown:
                 call("NetworkDriver.RevokeExternalConnectivity", {"NetworkID": net, "EndpointID": ep})
                 call("NetworkDriver.Leave", {"NetworkID": net, "EndpointID": ep})
                 call("NetworkDriver.DeleteEndpoint", {"NetworkID": net, "EndpointID": ep})
@@ -356,54 +357,78 @@ def _in_netns(ns: str, sink: str, endpoint: str, opts: Options, conn) -> None:
                     found = s.link_lookup(ifname=tmp_ifname(ep))
                     if found:
                         s.link("del", index=found[0])
-            if record:
-                recorder.end()
+            return recorder.end() if record else None
 
-        for _ in range(opts.warmup):  # first block claim, pool and network caches
-            container(False)
-        restore = instrument(recorder)
-        try:
-            for i in range(opts.containers):
-                container(True)
-                if opts.progress and (i + 1) % 100 == 0:
-                    print(f"   ... {i + 1} endpoints", file=sys.stderr, flush=True)
-        finally:
-            restore()
-        profile_text = ""
-        if opts.cprofile:
-            prof = cProfile.Profile()
-            prof.enable()
-            for _ in range(opts.cprofile):
-                container(False)
-            prof.disable()
-            out = io.StringIO()
-            stats = pstats.Stats(prof, stream=out)
-            stats.sort_stats("tottime").print_stats(25)
-            stats.sort_stats("cumulative").print_stats(40)
-            profile_text = out.getvalue()
-        conn.send(("ok", ([s.to_dict() for s in recorder.samples], profile_text)))
+        for _ in range(warmup):  # first block claim, pool and network caches
+            container(False, False)
+        instrument(recorder)  # this process only, until it exits
+        conn.send(("ready", None))
+        while True:
+            command, *args = conn.recv()
+            if command == "container":
+                sample = container(*args)
+                conn.send(("ok", sample.to_dict() if sample else None))
+            elif command == "cprofile":
+                prof = cProfile.Profile()
+                prof.enable()
+                for _ in range(args[0]):
+                    container(False, args[1])
+                prof.disable()
+                out = io.StringIO()
+                stats = pstats.Stats(prof, stream=out)
+                stats.sort_stats("tottime").print_stats(25)
+                stats.sort_stats("cumulative").print_stats(40)
+                conn.send(("ok", out.getvalue()))
+            else:
+                conn.send(("ok", None))
+                break
     except BaseException as exc:  # report to the parent
         import traceback
-        conn.send(("error", f"{exc.__class__.__name__}: {exc}\n{traceback.format_exc()}"))
+        try:
+            conn.send(("error", f"{exc.__class__.__name__}: {exc}\n{traceback.format_exc()}"))
+        except OSError:
+            pass
     finally:
         conn.close()
         os._exit(0)
 
 
-def run(opts: Options) -> tuple[list[Sample], str]:
-    """Run the harness in fresh namespaces with a fresh etcd; (samples, cProfile text)."""
-    from datastore.localetcd import LocalEtcd
+class Harness:
+    """One plugin in fresh namespaces (a host and its containers' side) with a fresh etcd on tmpfs.
 
-    tag = secrets.token_hex(3)
-    ns, sink = f"bpp{tag}", f"bpps{tag}"
-    data = tempfile.mkdtemp(prefix="warren-bench-etcd-",
-                            dir="/dev/shm" if os.access("/dev/shm", os.W_OK) else None)
-    made: list[str] = []
-    etcd = None
-    try:
+    ``with Harness() as h: h.container()`` - each call is one container's calls, in the child
+    process that lives in the host namespace; several harnesses can be driven in turn.
+    """
+
+    def __init__(self, warmup: int = 3, timeout: float = 600):
+        self.warmup, self.timeout = warmup, timeout
+        tag = secrets.token_hex(3)
+        self.ns, self.sink = f"bpp{tag}", f"bpps{tag}"
+        self._made: list[str] = []
+        self._data: str | None = None
+        self._etcd = None
+        self._proc = None
+        self._conn = None
+
+    def __enter__(self) -> "Harness":
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _start(self) -> None:
+        from datastore.localetcd import LocalEtcd
+        ns, sink = self.ns, self.sink
+        self._data = tempfile.mkdtemp(prefix="warren-bench-etcd-",
+                                      dir="/dev/shm" if os.access("/dev/shm", os.W_OK) else None)
         for name in (ns, sink):
             subprocess.run(["ip", "netns", "add", name], check=True)
-            made.append(name)
+            self._made.append(name)
         subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
         # an underlay link and a default route, as every host has (the workload MTU comes from it)
         subprocess.run(["ip", "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", "ul0",
@@ -412,27 +437,63 @@ def run(opts: Options) -> tuple[list[Sample], str]:
         subprocess.run(["ip", "-n", sink, "link", "set", "ul0", "up"], check=True)
         subprocess.run(["ip", "-n", ns, "addr", "add", "198.18.0.2/24", "dev", "eth0"], check=True)
         subprocess.run(["ip", "-n", ns, "route", "add", "default", "via", "198.18.0.1"], check=True)
-        etcd = LocalEtcd(data, netns=ns, die_with_parent=True).start()
+        self._etcd = LocalEtcd(self._data, netns=ns, die_with_parent=True).start()
         ctx = multiprocessing.get_context("fork")
-        parent, child = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=_in_netns, args=(ns, sink, etcd.endpoint, opts, child))
-        proc.start()
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_serve, args=(ns, sink, self._etcd.endpoint, self.warmup, child))
+        self._proc.start()
         child.close()
-        if not parent.poll(3600):
-            proc.kill()
-            raise RuntimeError("plugin profile timed out")
-        status, value = parent.recv()
-        proc.join(10)
-        if status != "ok":
+        self._answer()
+
+    def _answer(self):
+        if not self._conn.poll(self.timeout):
+            raise RuntimeError("plugin harness did not answer in time")
+        status, value = self._conn.recv()
+        if status == "error":
             raise RuntimeError(value)
-        samples, text = value
-        return [Sample.from_dict(s) for s in samples], text
-    finally:
-        if etcd is not None:
-            etcd.stop()
-        shutil.rmtree(data, ignore_errors=True)
-        for name in made:
-            subprocess.run(["ip", "netns", "del", name], check=False)
+        return value
+
+    def container(self, record: bool = True, teardown: bool = False) -> Sample | None:
+        self._conn.send(("container", record, teardown))
+        value = self._answer()
+        return Sample.from_dict(value) if value else None
+
+    def cprofile(self, count: int, teardown: bool = False) -> str:
+        self._conn.send(("cprofile", count, teardown))
+        return self._answer()
+
+    def close(self) -> None:
+        if self._proc is not None:
+            try:
+                self._conn.send(("stop",))
+                self._conn.poll(10)
+            except (OSError, EOFError):
+                pass
+            self._proc.join(10)
+            if self._proc.is_alive():
+                self._proc.kill()
+                self._proc.join()
+            self._proc = None
+        if self._etcd is not None:
+            self._etcd.stop()
+            self._etcd = None
+        if self._data:
+            shutil.rmtree(self._data, ignore_errors=True)
+            self._data = None
+        while self._made:
+            subprocess.run(["ip", "netns", "del", self._made.pop()], check=False)
+
+
+def run(opts: Options) -> tuple[list[Sample], str]:
+    """``opts.containers`` containers in one fresh harness; (samples, cProfile text)."""
+    with Harness(opts.warmup) as harness:
+        samples = []
+        for i in range(opts.containers):
+            samples.append(harness.container(True, opts.teardown))
+            if opts.progress and (i + 1) % 100 == 0:
+                print(f"   ... {i + 1} endpoints", file=sys.stderr, flush=True)
+        text = harness.cprofile(opts.cprofile, opts.teardown) if opts.cprofile else ""
+    return samples, text
 
 
 # -- report -------------------------------------------------------------------------------------
