@@ -15,6 +15,7 @@ import argparse
 from collections import Counter
 
 from ipam.workloads import Endpoint, WorkloadStore, effective_profiles, profile_change
+from plugin.portplan import ports_column
 from profiles import ProfileStore
 
 from .cli import CliError
@@ -98,6 +99,6 @@ def _show(flags: list[str], ctx) -> int:
         owner = (f"container {e.container[:12]}" if e.container else
                  f"network {(networks[e.network].name if e.network in networks else None) or e.network[:12]}")
         rows.append((e.host, owner, e.id[:12], e.iface, ",".join(e.addresses) or "-", e.mac,
-                     ",".join(effective_profiles(e, networks)) or "-"))
-    table(["Hostname", "Owner", "Endpoint ID", "Interface", "Addresses", "MAC", "Profiles"], rows)
+                     ",".join(effective_profiles(e, networks)) or "-", ports_column(e) or "-"))
+    table(["Hostname", "Owner", "Endpoint ID", "Interface", "Addresses", "MAC", "Profiles", "Ports"], rows)
     return 0
