@@ -141,16 +141,23 @@ class Rtnl:
         self.sock.close()
 
 
-def raw_workload(rtnl: Rtnl, endpoint_id: str, address: str, peer_mac: str, mtu: int, proc: str = "/proc") -> int:
-    """Join's plumbing (plugin.dataplane.Dataplane.create_workload) in 4 requests + 5 sysctl writes."""
+def _write(path: str, value: str) -> None:
+    with open(path, "w") as f:
+        f.write(value)
+
+
+def raw_workload(rtnl: Rtnl, endpoint_id: str, address: str, peer_mac: str, mtu: int, proc: str = "/proc",
+                 write=None) -> int:
+    """Join's plumbing (plugin.dataplane.Dataplane.create_workload) in 4 requests + 5 sysctl writes
+    (``write(path, value)``, default: open and write)."""
+    write = write or _write
     host, peer = "wrn" + endpoint_id[:11], "tmp" + endpoint_id[:11]
     rtnl.request(new_veth, host, peer, "ee:ee:ee:ee:ee:ee", peer_mac, mtu)
     index = rtnl.request(get_link, host)
     for path, value in ((f"ipv4/conf/{host}/proxy_arp", "1"), (f"ipv4/neigh/{host}/proxy_delay", "0"),
                         (f"ipv4/conf/{host}/forwarding", "1"), (f"ipv6/conf/{host}/accept_dad", "0"),
                         (f"ipv6/conf/{host}/forwarding", "1")):
-        with open(f"{proc}/sys/net/{path}", "w") as f:
-            f.write(value)
+        write(f"{proc}/sys/net/{path}", value)
     rtnl.request(replace_route, address, index)
     rtnl.request(replace_neigh, address, peer_mac, index)
     return index

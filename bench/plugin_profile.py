@@ -283,11 +283,15 @@ class Options:
     progress: bool = False
 
 
-def _serve(ns: str, sink: str, endpoint: str, warmup: int, conn) -> None:
-    """The child, inside ``ns``: build the plugin, then do what the parent asks, one container at a time."""
+def _serve(ns: str, sink: str, endpoint: str, warmup: int, conn, what_if: tuple[str, ...] = ()) -> None:
+    """The child, inside ``ns``: build the plugin, then do what the parent asks, one container at a time.
+    ``what_if`` names changes (bench/plugin_whatif.py) patched into this process's plugin first."""
     try:
         from pyroute2 import IPRoute, netns
         netns.setns(ns)
+        if what_if:
+            from bench import plugin_whatif
+            plugin_whatif.apply(what_if)
         from datastore import Datastore, EtcdConfig
         from plugin.config import PluginConfig
         from plugin.dataplane import Dataplane
@@ -400,8 +404,8 @@ class Harness:
     process that lives in the host namespace; several harnesses can be driven in turn.
     """
 
-    def __init__(self, warmup: int = 3, timeout: float = 600):
-        self.warmup, self.timeout = warmup, timeout
+    def __init__(self, warmup: int = 3, timeout: float = 600, what_if: tuple[str, ...] = ()):
+        self.warmup, self.timeout, self.what_if = warmup, timeout, tuple(what_if)
         tag = secrets.token_hex(3)
         self.ns, self.sink = f"bpp{tag}", f"bpps{tag}"
         self._made: list[str] = []
@@ -440,7 +444,8 @@ class Harness:
         self._etcd = LocalEtcd(self._data, netns=ns, die_with_parent=True).start()
         ctx = multiprocessing.get_context("fork")
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_serve, args=(ns, sink, self._etcd.endpoint, self.warmup, child))
+        self._proc = ctx.Process(target=_serve, args=(ns, sink, self._etcd.endpoint, self.warmup, child,
+                                                              self.what_if))
         self._proc.start()
         child.close()
         self._answer()

@@ -126,3 +126,10 @@ def test_caller_names_the_nearest_frame_outside_the_skipped_files():
 
 def test_parse_latency_reads_another_histogram_by_another_label():
     assert parse_latency(EXPOSITION, "warren_policy_apply_seconds", "kind") == {"full": (3.0, 0.0)}
+
+
+def test_whatif_variants_parse_and_refuse_unknown_changes():
+    from bench.plugin_whatif import parse_variants
+    assert parse_variants("mtu, rtnl+etcd") == [("mtu",), ("rtnl", "etcd")]
+    with pytest.raises(ValueError, match="unknown change nope"):
+        parse_variants("mtu+nope")
