@@ -31,7 +31,10 @@ nearest caller frame outside datastore/ and pyroute2):
 The plugin runs with ``underlay_iface="eth0"``, as ``warrenctl node start`` configures it.
 
 Leaves do not nest (a leaf inside a leaf is part of the outer one). ``--cprofile N``
-additionally runs N more containers under cProfile and prints the top functions.
+additionally runs N more containers under cProfile and prints the top functions (the
+timers' wrappers then show up too). ``Harness`` is the reusable part: one plugin in fresh
+namespaces and etcd, driven a container at a time, optionally with changes patched in
+(bench/plugin_whatif.py); container_start's part B drives two in turn.
 
     python -m bench.plugin_profile [--containers 50] [--teardown] [--cprofile 20]
 """
