@@ -37,7 +37,8 @@ Three parts (``--parts``, default all), each against a baseline measured in the 
    walks the dispatch chains). Then both agents are killed (-9) so they cannot
    put the jumps back (their rules stay), and per round, with the policy's parent
    jumps ``FORWARD/INPUT -j WARREN-PROFILES-*`` in place and removed by this
-   script (without them plugin.forward's WARREN-FORWARD accepts workload
+   script (and, without them, the script's own ``-i/-o wrn+ -j ACCEPT`` first in
+   FORWARD, since plugin.forward's WARREN-FORWARD drops unjudged workload
    traffic), in alternating order: cross-host ``iperf3 -P 4``; ``--slices``
    alternations of ``--round-trips`` round trips of a pinned TCP ping-pong on one
    connection (the host's python3 in the containers' netns via nsenter, client
@@ -84,7 +85,7 @@ from datastore.localetcd import LocalEtcd
 from ipam.workloads import Endpoint
 from profiles import Profile, Rule, names
 from profiles.agent import PREFIXES, PolicyAgent, Snapshot, desired
-from profiles.generator import PARENT_JUMPS
+from profiles.generator import OPTIONAL_PARENT_JUMPS, PARENT_JUMPS, WORKLOAD_PREFIX
 from profiles.kernel import Kernel
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -858,20 +859,35 @@ def restart_agent(lab, host: str) -> None:
 
 def set_jumps(lab, on: bool) -> None:
     """Insert (first) or remove the policy's parent jumps on both hosts, both IP versions
-    (one shell per host), and check FORWARD's first rule."""
+    (one shell per host), and check FORWARD's first rule.
+
+    Without the policy, plugin.forward's WARREN-FORWARD drops workload traffic no policy
+    judged, so "off" also puts this script's own accepts for the workload interfaces
+    first in FORWARD (and "on" removes them): the path without policy is then one
+    accept, the cheapest possible.
+    """
     steps = []
+    bare = [f"-i {WORKLOAD_PREFIX}+ -j ACCEPT", f"-o {WORKLOAD_PREFIX}+ -j ACCEPT"]
     for tool in ("iptables", "ip6tables"):
-        for parent, target in PARENT_JUMPS.items():
-            if on:
-                steps.append(f"{{ {tool} -w 5 -C {parent} -j {target} 2>/dev/null || "
+        jumps = [(parent, target) for parent, target in PARENT_JUMPS.items()]
+        optional = [(parent, target) for parent, target in OPTIONAL_PARENT_JUMPS.items()]
+        for rule in bare:
+            steps.append(f"while {tool} -w 5 -D FORWARD {rule} 2>/dev/null; do :; done")
+        for parent, target in jumps + optional:
+            steps.append(f"while {tool} -w 5 -D {parent} -j {target} 2>/dev/null; do :; done")
+        if on:
+            for parent, target in optional:
+                steps.append(f"{{ ! {tool} -w 5 -nL {parent} >/dev/null 2>&1 || "
                              f"{tool} -w 5 -I {parent} 1 -j {target}; }}")
-            else:
-                steps.append(f"while {tool} -w 5 -D {parent} -j {target} 2>/dev/null; do :; done")
+            steps += [f"{tool} -w 5 -I {parent} 1 -j {target}" for parent, target in jumps]
+        else:
+            steps += [f"{tool} -w 5 -I FORWARD 1 {rule}" for rule in bare]
     script = " && ".join(steps) + " && iptables -w 5 -S FORWARD"
+    expected = f"-A FORWARD -j {PARENT_JUMPS['FORWARD']}" if on else f"-A FORWARD {bare[-1]}"
     for host in ("host1", "host2"):
         done = lab.exec(host, ["sh", "-c", script], timeout=60)
         first = done.stdout.splitlines()[1:2]
-        if done.returncode or (first == [f"-A FORWARD -j {PARENT_JUMPS['FORWARD']}"]) != on:
+        if done.returncode or first != [expected]:
             raise RuntimeError(f"{host}: policy jumps not {'in' if on else 'out'}: FORWARD starts with {first} "
                                f"{done.stderr.strip()}")
 
