@@ -72,21 +72,38 @@ class Snapshot:
     profiles: dict[str, Profile] = field(default_factory=dict)
     pools: dict[str, Pool] = field(default_factory=dict)
 
-    def update(self, prefix: str, key: str, value: bytes | None) -> None:
-        """Apply one put (value) or delete (None); a record that does not parse counts as absent."""
+    def update(self, prefix: str, key: str, value: bytes | None) -> bool:
+        """Apply one put (value) or delete (None); a record that does not parse counts as absent.
+
+        Returns whether the policy can have changed: an endpoint put that changes only what
+        no rule reads (POLICY_IGNORED: Join's sandbox and gateway slot, -p's port map, the MAC,
+        the MTU) does not, so the four writes of every container start cost one apply, not four.
+        """
         table, cls = {keys.ENDPOINTS: (self.endpoints, Endpoint),
                       keys.NETWORKS: (self.networks, Network),
                       keys.PROFILES: (self.profiles, Profile),
                       keys.POOLS: (self.pools, Pool)}[prefix]
         ident = key if prefix == keys.ENDPOINTS else keys.last_segment(key)
+        old = table.get(ident)
         if value is None:
             table.pop(ident, None)
-            return
+            return old is not None
         try:
-            table[ident] = codec.loads(cls, value)
+            new = codec.loads(cls, value)
         except (DatastoreError, ProfileError, TypeError, ValueError) as exc:
             log.error("ignoring bad record %s: %s", key, exc)  # fail closed: as if absent
             table.pop(ident, None)
+            return old is not None
+        table[ident] = new
+        if old is None:
+            return True
+        if prefix == keys.ENDPOINTS:
+            return replace(old, **POLICY_IGNORED) != replace(new, **POLICY_IGNORED)
+        return old != new
+
+
+# Endpoint fields no rule reads (see Snapshot.update), with the value both sides are compared at.
+POLICY_IGNORED = {"sandbox": None, "gateway_slot": 1, "ports": [], "published": False, "mac": "", "mtu": 1500}
 
 
 def _internal(endpoint: Endpoint, networks: dict[str, Network]) -> bool:
@@ -305,7 +322,7 @@ class PolicyAgent:
                         batch.append(events.get_nowait())
                     except queue.Empty:
                         break
-                networks_changed = docker = False
+                networks_changed = docker = changed = False
                 for prefix, event in batch:
                     if prefix is None:  # a watch ended: resync from a fresh read
                         if not stop.is_set():
@@ -314,11 +331,13 @@ class PolicyAgent:
                     if prefix == DOCKER:
                         docker = True
                         continue
-                    self.snapshot.update(prefix, event.key, event.value if event.kind == "put" else None)
+                    changed |= self.snapshot.update(prefix, event.key,
+                                                    event.value if event.kind == "put" else None)
                     networks_changed |= prefix == keys.NETWORKS
                 if networks_changed:
                     self.create_network_profiles()
-                self.apply()
+                if changed or docker:
+                    self.apply()
                 if docker:  # dockerd has just rewritten FORWARD: our jumps first again
                     for version in self._versions:
                         self.ensure_jumps(version)

@@ -91,3 +91,28 @@ def test_docker_bridges_reach_the_boundary_chain():
     chains, _ = desired(snap, "h1", 4, docker_bridges=["br-0123456789ab"])
     assert [line.split()[3] for line in chains[g.DOCKER_BOUNDARY]] == [
         "br-0123456789ab", "br-0123456789ab", "docker0", "docker0"]
+
+
+# -- which watch events can change the policy ------------------------------------------
+
+def test_snapshot_update_reports_only_changes_a_rule_can_read():
+    from dataclasses import replace as _replace
+
+    from datastore import codec, keys
+    from ipam.workloads import Endpoint
+    from profiles.agent import Snapshot
+
+    snap = Snapshot()
+    key = keys.endpoint("h1", "e" * 64)
+    ep = Endpoint(id="e" * 64, network="n" * 64, host="h1", ipv4=["10.20.0.5"])
+    assert snap.update(keys.ENDPOINTS, key, codec.dumps(ep)) is True            # new endpoint
+    joined = _replace(ep, sandbox="/var/run/docker/netns/x", gateway_slot=2, mac="02:00:00:00:00:01")
+    assert snap.update(keys.ENDPOINTS, key, codec.dumps(joined)) is False       # Join: no rule reads these
+    published = _replace(joined, ports=[{"proto": "tcp", "host_port": 80, "container_port": 80}], published=True)
+    assert snap.update(keys.ENDPOINTS, key, codec.dumps(published)) is False    # -p: DNAT, not policy
+    assert snap.endpoints[key] == published                                     # ... but the copy is current
+    assert snap.update(keys.ENDPOINTS, key, codec.dumps(_replace(published, profiles=["web"]))) is True
+    assert snap.update(keys.ENDPOINTS, key, codec.dumps(_replace(published, ipv6=["fd00::5"]))) is True
+    assert snap.update(keys.ENDPOINTS, key, None) is True                        # delete
+    assert snap.update(keys.ENDPOINTS, key, None) is False                       # delete of nothing
+    assert snap.update(keys.ENDPOINTS, key, b"not json") is False                # bad record, nothing before
