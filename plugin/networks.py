@@ -22,7 +22,9 @@ routed. A pool is not routed when it cannot tell networks apart or a route
 would break the next interface: the default pools (shared by every network
 made without ``--subnet``) and the pools of the container's other Warren
 networks (libnetwork refuses an interface address that an existing route
-contains, and the same route twice). ``DisableGatewayService`` is always set, so Docker never adds
+contains, and the same route twice). So two networks of one container that
+share a pool cannot be told apart: that pool follows the default route, and
+only the network of Docker's gateway endpoint reaches it. ``DisableGatewayService`` is always set, so Docker never adds
 ``docker_gwbridge`` (also not for IPv6-only networks).
 
 CreateNetwork's options are read by :mod:`plugin.netoptions`.

@@ -188,6 +188,20 @@ def test_gw_priority_picks_the_default_route(lab):
     assert pings(lab, "host1", "c47", address(lab, "host1", "peer-a", "na"))
 
 
+def test_two_networks_on_the_default_pool_in_one_container(lab):
+    """Both networks use the default pool: routing it through the first interface would make
+    libnetwork refuse the second interface's address ("conflicts with existing route"). One
+    prefix cannot tell the two networks apart: the shared pool follows the default route
+    (Docker's gateway endpoint, here nd1 by name), and the first network keeps working."""
+    dk(lab, "host1", *CREATE, "nd1")
+    dk(lab, "host1", *CREATE, "nd2")
+    run(lab, "host1", "c51", "nd1")
+    run(lab, "host1", "peer51", "nd1")
+    dk(lab, "host1", "network", "connect", "nd2", "c51")
+    assert address(lab, "host1", "c51", "nd2").startswith("10.30.")
+    assert pings(lab, "host1", "c51", address(lab, "host1", "peer51", "nd1"))
+
+
 # -- warrenctl container add into a container whose new interfaces start with IPv6 off -------
 
 def test_container_add_ipv6_into_a_container_without_ipv6(lab):
