@@ -8,7 +8,8 @@ from tests.integration.profiles.test_cli import ctl, error, ok, rows  # noqa: F4
 
 NET = Network("n" * 64, ["10.0.0.0/24"], name="web")
 A = Endpoint("a1" + "0" * 62, NET.id, "h1", ["10.0.0.1"], mac="02:00:00:00:00:01")
-B = Endpoint("b2" + "0" * 62, "", "h2", ["10.0.0.2"], container="c" * 64, ifname="eth1", profiles=[])
+B = Endpoint("b2" + "0" * 62, "", "h2", ["10.0.0.2"], container="c" * 64, ifname="eth1", profiles=[],
+             ports=[{"proto": "tcp", "host_port": 8080, "container_port": 80, "host_ip": ""}], published=True)
 
 
 def seed(store) -> None:
@@ -23,9 +24,11 @@ def test_show(ctl, store):
     seed(store)
     assert rows(ok(ctl("endpoint", "show"))) == [["Hostname", "Number of Endpoints"], ["h1", "1"], ["h2", "1"]]
     detailed = rows(ok(ctl("endpoint", "show", "--detailed", "--host=h1")))
-    assert detailed[1] == ["h1", "network web", A.id[:12], A.iface, "10.0.0.1", A.mac, "web"]
+    assert detailed[1] == ["h1", "network web", A.id[:12], A.iface, "10.0.0.1", A.mac, "web", "-"]
     assert len(detailed) == 2
-    assert rows(ok(ctl("endpoint", "show", "--detailed", "--host=h2")))[1][1] == f"container {'c' * 12}"
+    b = rows(ok(ctl("endpoint", "show", "--detailed", "--host=h2")))[1]
+    assert b[1] == f"container {'c' * 12}"
+    assert b[-1].startswith("0.0.0.0:8080->80/tcp")   # the Ports column, as docker ps writes it
     assert rows(ok(ctl("endpoint", "show", "--host", "h2", "--detailed")))[1][1] == f"container {'c' * 12}"
 
 
