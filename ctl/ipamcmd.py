@@ -10,7 +10,7 @@ from ipam.check import check, repair
 from ipam.inventory import address_info, list_blocks
 
 from plugin.ipamdriver import PURPOSE
-from plugin.records import Endpoint
+from plugin.records import Endpoint, Network
 
 from .output import as_json, table
 
@@ -98,9 +98,11 @@ def ipam_release(args, ctx) -> int:
 def ipam_check(args, ctx) -> int:
     live = {a for kv in ctx.store.get_prefix(keys.ENDPOINTS)
             for a in codec.loads(Endpoint, kv.value).addresses}
+    live |= {a for kv in ctx.store.get_prefix(keys.NETWORKS)    # --aux-address reservations
+             for a in codec.loads(Network, kv.value).aux_addresses}
     findings = check(ctx.store, live, PURPOSE, grace=args.grace)
     if not findings:
-        print("IPAM is consistent: every Docker address belongs to an endpoint")
+        print("IPAM is consistent: every Docker address belongs to an endpoint or an --aux-address")
         return 0
     table(["Problem", "Address", "Handle", "Block"],
           [(f.kind, f.address, f.handle, f.block or "-") for f in findings])

@@ -54,6 +54,7 @@ class Network:
     name: str | None = None          # Docker's network name, resolved in the background
     profile_created: bool = False    # the policy agent made its default profile once
     internal: bool = False           # --internal: no path outside the pools, no nat-outgoing, no -p
+    aux_addresses: list[str] = field(default_factory=list)  # --aux-address: held for the user, no endpoint
 
     @property
     def default_profile(self) -> str | None:

@@ -35,6 +35,7 @@ Port publishing (ProgramExternalConnectivity and friends) is
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
 from dataclasses import dataclass, field, replace
 from typing import Callable
@@ -56,6 +57,22 @@ def mac_for(endpoint_id: str) -> str:
     """A stable, locally administered unicast MAC derived from the endpoint id."""
     digest = hashlib.sha256(endpoint_id.encode()).digest()
     return ":".join(f"{b:02x}" for b in (0x02,) + tuple(digest[:5]))
+
+
+def aux_addresses(raw: object) -> list[str]:
+    """IPAMData's ``AuxAddresses`` (``--aux-address NAME=IP``: ``{"NAME": "IP/LEN"}``) -> addresses.
+
+    dockerd has already reserved them through RequestAddress (and releases them with the
+    network); they are kept in the network record so ``warrenctl ipam check`` knows who holds them.
+    """
+    if not raw:
+        return []
+    if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
+        raise PluginError("AuxAddresses must map names to addresses")
+    try:
+        return sorted(str(ipaddress.ip_interface(v).ip) for v in raw.values())
+    except ValueError as exc:
+        raise PluginError(f"invalid auxiliary address: {exc}") from None
 
 
 def _address(cidr: str | None) -> str | None:
@@ -80,17 +97,19 @@ class NetworkDriver:
         parsed = netoptions.parse(options)
         if parsed.ignored:
             log.info("network %s: ignoring Docker options %s", network_id[:12], ", ".join(parsed.ignored))
-        pools = {4: [], 6: []}
+        pools: dict[int, list[str]] = {4: [], 6: []}
+        aux: list[str] = []
         for version, data in ((4, ipv4), (6, ipv6)):
             for item in data or []:
                 if item.get("Gateway") != POOL_GATEWAY[version]:
                     raise PluginError("warren networks need the warren IPAM driver: "
                                       "use --ipam-driver warren")
                 pools[version].append(item["Pool"])
+                aux += aux_addresses(item.get("AuxAddresses"))
         if not pools[4] and not pools[6]:
             raise PluginError("a warren network needs an IPv4 or an IPv6 subnet")
         network = Network(id=network_id, pools_v4=pools[4], pools_v6=pools[6], mtu=parsed.mtu,
-                          profile=parsed.profile, internal=parsed.internal)
+                          profile=parsed.profile, internal=parsed.internal, aux_addresses=aux)
         self.store.put(keys.network(network_id), codec.dumps(network))
         self._networks[network_id] = network
         if self.names is not None:

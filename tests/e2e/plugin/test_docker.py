@@ -199,3 +199,23 @@ def test_dockerd_restart(lab):
     assert ctl(lab, "host1", "ipam", "check", "--grace", "0").returncode == 0
     host_links = lab.exec("host1", ["ip", "-o", "link"]).stdout
     assert host_links.count(" wrn") == 2  # no interface left behind by the old containers
+
+
+def test_aux_addresses_are_reservations_not_leaks(lab):
+    """--aux-address: dockerd reserves the address through RequestAddress and hands it to
+    CreateNetwork; ipam check must call it held (not leaked) and --repair must keep it."""
+    before = used_addresses(lab)
+    dk(lab, "host1", "network", "create", "-d", "warren", "--ipam-driver", "warren", "--subnet", "10.20.23.0/24",
+       "--aux-address", "router=10.20.23.7", "--aux-address", "nas=10.20.23.8", "net23")
+    assert used_addresses(lab) == before + 2
+    info = ctl(lab, "host1", "ipam", "info", "10.20.23.7").stdout
+    assert "docker" in info                              # allocated by dockerd's request, not by hand
+    check = ctl(lab, "host1", "ipam", "check", "--grace", "0")
+    assert "consistent" in check.stdout, check.stdout
+    ctl(lab, "host1", "ipam", "check", "--grace", "0", "--repair")
+    assert used_addresses(lab) == before + 2             # nothing freed
+    run(lab, "host1", "ca", "net23")
+    assert address(lab, "host1", "ca", "net23") not in ("10.20.23.7", "10.20.23.8")
+    dk(lab, "host1", "rm", "-f", "ca")
+    dk(lab, "host1", "network", "rm", "net23")
+    assert used_addresses(lab) == before                 # released with the network

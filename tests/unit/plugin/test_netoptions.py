@@ -68,3 +68,18 @@ def test_join_answer_internal_v6_only_and_shared_pools():
     assert answer["DisableGatewayService"] is True
     shared = join_answer("tmpe", 1, ep, NET, unrouted={"fd00::/64"})
     assert shared["StaticRoutes"] == [{"Destination": "fe80::ecee:eeff:feee:eeee/128", "RouteType": 1}]
+
+
+def test_aux_addresses_of_ipam_data():
+    import pytest
+
+    from plugin.errors import PluginError
+    from plugin.networks import aux_addresses
+
+    assert aux_addresses(None) == [] and aux_addresses({}) == []
+    assert aux_addresses({"b": "10.20.23.8/24", "a": "10.20.23.7/24"}) == ["10.20.23.7", "10.20.23.8"]
+    assert aux_addresses({"v6": "fd00::7/64"}) == ["fd00::7"]
+    with pytest.raises(PluginError, match="invalid auxiliary address"):
+        aux_addresses({"x": "garbage"})
+    with pytest.raises(PluginError, match="AuxAddresses"):
+        aux_addresses(["10.0.0.1/24"])
