@@ -37,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import logging
+import time
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -52,6 +53,7 @@ from .records import Endpoint, Network
 
 log = logging.getLogger(__name__)
 
+UNDERLAY_MTU_TTL = 30.0  # s a read of the underlay interface's MTU is reused (see NetworkDriver._derived_mtu)
 
 def mac_for(endpoint_id: str) -> str:
     """A stable, locally administered unicast MAC derived from the endpoint id."""
@@ -89,7 +91,10 @@ class NetworkDriver:
     ports: PortPublisher | None = None  # owner of the -p DNAT rules (None: -p unsupported)
     names: NameResolver | None = None   # learns Docker's network names in the background
     shared_pools: frozenset[str] = frozenset()  # never routed per interface (the default pools)
+    clock: Callable[[], float] = time.monotonic
     _networks: dict[str, Network] = field(default_factory=dict)
+    _encaps: dict[str, str] = field(default_factory=dict)  # network id -> its pools' worst encapsulation
+    _underlay: tuple[int, float] | None = None             # (underlay MTU, when it was read)
 
     # -- networks -----------------------------------------------------------
 
@@ -129,6 +134,7 @@ class NetworkDriver:
     def delete_network(self, network_id: str) -> None:
         self.store.delete(keys.network(network_id))
         self._networks.pop(network_id, None)
+        self._encaps.pop(network_id, None)
 
     def network(self, network_id: str) -> Network:
         cached = self._networks.get(network_id)
@@ -159,9 +165,31 @@ class NetworkDriver:
         return {} if given_mac else {"Interface": {"MacAddress": endpoint.mac}}
 
     def _derived_mtu(self, network: Network) -> int:
-        encaps = [self.pool_encap(p) for p in network.pools_v4 + network.pools_v6]
-        worst = max(encaps, key=lambda e: {"none": 0, "ipip": 20, "vxlan": 50}.get(e, 0), default="none")
-        return workload_mtu(self.underlay_mtu(), worst)
+        """The workload MTU of a network without ``mtu=``: the underlay's minus its pools' worst
+        encapsulation overhead, without a netlink session or an etcd read per endpoint.
+
+        Two caches, because the two inputs change differently. A network's pools are fixed at
+        CreateNetwork and nothing changes a pool's encapsulation (``warrenctl pool`` adds and
+        removes pools; swapping a pool under a live network was never followed: its endpoints
+        kept their MTU), so the worst encapsulation is read once per network id and kept for
+        the network's life (dropped by DeleteNetwork; a restarted plugin reads it again). The underlay MTU belongs to the host: ``warrenctl node
+        start`` sizes the tunnel devices from it once, but an operator can change the NIC's MTU
+        (or the default route can move to another interface) while the plugin runs, so a read
+        is reused for :data:`UNDERLAY_MTU_TTL` seconds only: a burst of container starts pays
+        for one read, and a change is seen by endpoints created half a minute later at most
+        (existing endpoints keep their MTU either way, as before).
+        """
+        encap = self._encaps.get(network.id)
+        if encap is None:
+            encaps = [self.pool_encap(p) for p in network.pools_v4 + network.pools_v6]
+            encap = max(encaps, key=lambda e: {"none": 0, "ipip": 20, "vxlan": 50}.get(e, 0), default="none")
+            self._encaps[network.id] = encap
+        now = self.clock()
+        cached = self._underlay  # one read of the attribute: other threads may replace it
+        if cached is None or now - cached[1] >= UNDERLAY_MTU_TTL:
+            cached = (self.underlay_mtu(), now)
+            self._underlay = cached
+        return workload_mtu(cached[0], encap)
 
     def endpoint(self, endpoint_id: str) -> Endpoint:
         kv = self.store.get(keys.endpoint(self.host, endpoint_id))

@@ -56,11 +56,11 @@ def build(config: PluginConfig, store: Datastore, dataplane: Dataplane,
           ports: PortPublisher | None = None, names: NameResolver | None = None) -> Flask:
     pools = PoolStore(store)
 
-    def underlay_mtu() -> int:
+    def underlay_mtu() -> int:  # read again at most every networks.UNDERLAY_MTU_TTL s
         iface = config.underlay_iface or dataplane.default_route_interface()
         return dataplane.interface_mtu(iface) if iface else 1500
 
-    def pool_encap(cidr: str) -> str:
+    def pool_encap(cidr: str) -> str:  # read once per network (NetworkDriver._derived_mtu)
         pool = pools.get(cidr)
         return pool.encap if pool else "none"
 

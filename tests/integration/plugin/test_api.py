@@ -24,6 +24,7 @@ class FakeDataplane:
     def __init__(self):
         self.workloads: dict[str, dict] = {}
         self.fail = False
+        self.mtu, self.mtu_reads = 1500, 0
 
     def create_workload(self, endpoint_id, addresses, mac, mtu, peer_netns=None,
                         gateway6="fe80::ecee:eeff:feee:eeee"):
@@ -40,7 +41,8 @@ class FakeDataplane:
         return "eth0"
 
     def interface_mtu(self, ifname):
-        return 1500
+        self.mtu_reads += 1
+        return self.mtu
 
 
 @pytest.fixture
@@ -308,6 +310,27 @@ def test_mtu_option_and_encapsulation(client, dataplane):
                                                 "Interface": {"Address": "10.20.10.9/32"}})
     ok(client, "NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP, "SandboxKey": "/x"})
     assert dataplane.workloads[EP]["mtu"] == 1450  # underlay 1500 - vxlan 50
+
+
+def test_derived_mtu_reads_the_pools_once_per_network_and_the_underlay_again_after_a_while(
+        client, store, dataplane, monkeypatch):
+    import plugin.networks
+    make_network(client, options={"vxlan": "true"})
+    pool_reads = []
+    real_get = PoolStore.get
+    monkeypatch.setattr(PoolStore, "get", lambda self, cidr: pool_reads.append(cidr) or real_get(self, cidr))
+
+    def endpoint_mtu(endpoint_id, address):
+        ok(client, "NetworkDriver.CreateEndpoint", {"NetworkID": NET, "EndpointID": endpoint_id,
+                                                    "Interface": {"Address": address}})
+        return json.loads(store.get(keys.endpoint("host1", endpoint_id)).value)["mtu"]
+
+    assert endpoint_mtu(EP, "10.20.10.9/32") == 1450 and endpoint_mtu(EP2, "10.20.10.10/32") == 1450
+    assert dataplane.mtu_reads == 1 and pool_reads == ["10.20.10.0/24"]
+    dataplane.mtu = 9000  # the operator raises the NIC's MTU: seen once the cached read expired
+    monkeypatch.setattr(plugin.networks, "UNDERLAY_MTU_TTL", 0.0)
+    assert endpoint_mtu("d" * 64, "10.20.10.11/32") == 8950
+    assert dataplane.mtu_reads == 2 and pool_reads == ["10.20.10.0/24"]  # the pools are not read again
 
 
 def test_second_network_in_one_sandbox_gets_its_own_gateway(client, store, dataplane):
