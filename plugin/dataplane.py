@@ -31,6 +31,22 @@ from a thread that entered the container's network namespace.
 
 This module is the single owner of veths, workload routes and per-interface
 sysctls; ``warrenctl container add`` reuses it.
+
+Netlink cost (bench/RESULTS.md, "Container start"): a pyroute2 request costs
+~0.5-1 ms of Python, opening an ``IPRoute`` ~1 ms more (pyroute2 0.9 builds an
+event loop per instance). So a :class:`Dataplane` keeps **one** ``IPRoute`` of
+the namespace it is first used in, opened lazily (again after a fork or after
+an error other than the kernel's answer, when the socket's state is unknown)
+and shared by the plugin's request threads under a lock (a netlink socket
+carries one conversation at a time; the kernel's rtnl lock serialises these
+changes anyway). Requests are not spent on what the next request's own answer
+tells: a veth is added without looking for a leftover first (EEXIST: delete the
+leftover and add again), deleted by name (ENODEV: already gone), created with
+``IFF_UP`` set (safe before the sysctls below: the peer is down, so the host
+side has no carrier, no IPv6 link-local address and no DAD until Docker brings
+the container side up) and its index taken from the kernel's echo of the add
+(``NLM_F_ECHO``, Linux 6.3+; older kernels cost one lookup). Join's plumbing is
+thus an add, the sysctls, a route and a neighbour per address.
 """
 from __future__ import annotations
 
@@ -40,7 +56,9 @@ import logging
 import os
 import socket
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Iterator
 
 from pyroute2 import IPRoute, NetlinkError
 
@@ -56,6 +74,7 @@ RTPROT_WARREN = 80  # route protocol number of workload routes (ip route ... pro
 ENCAP_OVERHEAD = {"none": 0, "ipip": 20, "vxlan": 50}
 IFA_F_NODAD, IFA_F_NOPREFIXROUTE = 0x02, 0x200
 CLONE_NEWNET = 0x40000000
+EEXIST, ENODEV = 17, 19
 
 
 def gateway_v4(slot: int) -> str:
@@ -93,6 +112,42 @@ class Dataplane:
     # procfs root for sysctl writes: a managed plugin gets the host's /proc/sys/net bind-mounted
     # outside /proc (Docker keeps /proc/sys read-only there), see docs/packaging.md
     proc: str = field(default_factory=lambda: os.environ.get("WARREN_PROC_ROOT") or "/proc")
+    _ipr: IPRoute | None = field(default=None, init=False, repr=False, compare=False)
+    _ipr_pid: int = field(default=0, init=False, repr=False, compare=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
+
+    @contextmanager
+    def _netlink(self) -> Iterator[IPRoute]:
+        """The kept ``IPRoute`` (see the module docstring), held for the block.
+
+        A kernel error (``NetlinkError``) leaves the socket usable; anything else
+        (a timeout, a decoding error, a failure the caller wrapped) drops it, so
+        the next call starts on a fresh socket rather than on a half-read answer.
+        """
+        with self._lock:
+            if self._ipr is None or self._ipr_pid != os.getpid():
+                self._ipr = IPRoute(nlm_echo=True)  # echo: a link add answers with the new index
+                self._ipr_pid = os.getpid()
+            try:
+                yield self._ipr
+            except NetlinkError:
+                raise
+            except BaseException:
+                self._drop()
+                raise
+
+    def _drop(self) -> None:
+        ipr, self._ipr = self._ipr, None
+        if ipr is not None and self._ipr_pid == os.getpid():
+            try:
+                ipr.close()
+            except Exception:  # already broken: nothing more to release
+                pass
+
+    def close(self) -> None:
+        """Close the kept netlink socket (a later call opens a new one)."""
+        with self._lock:
+            self._drop()
 
     def ensure_forwarding(self) -> None:
         _write_sysctl(f"{self.proc}/sys/net/ipv4/ip_forward", "1")
@@ -110,21 +165,20 @@ class Dataplane:
         or a name), which is much cheaper than moving it afterwards, and
         ``peer_name`` names it there (default ``tmp<id>``). ``gateway6`` is
         the container's IPv6 gateway on this interface; one other than the
-        host side's own link-local address is added to the host side. On any
+        host side's own link-local address is added to the host side. A
+        leftover host side of the same name (a crash) is replaced. On any
         failure everything created so far is removed again.
         """
         host, tmp = host_ifname(endpoint_id), peer_name or tmp_ifname(endpoint_id)
         peer: dict = {"ifname": tmp, "address": mac, "mtu": mtu}
         if peer_netns is not None:
             peer["net_ns_fd"] = peer_netns
-        with IPRoute() as ipr:
+        ipv6 = any(_prefixlen(a) == 128 for a in addresses)
+        with self._netlink() as ipr:
             try:
-                self._remove(ipr, host)  # a leftover from a crash: start clean
-                ipr.link("add", ifname=host, kind="veth", address=HOST_MAC, mtu=mtu, peer=peer)
-                index = ipr.link_lookup(ifname=host)[0]
-                self._configure_host_side(host, any(_prefixlen(a) == 128 for a in addresses))
-                ipr.link("set", index=index, state="up")
-                if gateway6 != GATEWAY_V6 and any(_prefixlen(a) == 128 for a in addresses):
+                index = self._add_veth(ipr, host, mtu, peer)
+                self._configure_host_side(host, ipv6)
+                if gateway6 != GATEWAY_V6 and ipv6:
                     ipr.addr("add", index=index, address=gateway6, prefixlen=128,
                              flags=IFA_F_NODAD | IFA_F_NOPREFIXROUTE, family=socket.AF_INET6)
                 for address in addresses:
@@ -139,6 +193,23 @@ class Dataplane:
                     raise
                 raise DataplaneError(f"could not create interface {host}: {exc}") from None
         return host, tmp
+
+    @classmethod
+    def _add_veth(cls, ipr: IPRoute, host: str, mtu: int, peer: dict) -> int:
+        """Add the pair with the host side up; returns the host side's index."""
+        for attempt in (1, 2):
+            try:
+                answer = ipr.link("add", ifname=host, kind="veth", address=HOST_MAC, mtu=mtu,
+                                  state="up", peer=peer)
+                break
+            except NetlinkError as exc:
+                if exc.code != EEXIST or attempt == 2 or not cls._remove(ipr, host):
+                    raise  # the peer's name is taken, or the leftover came back
+                log.info("replaced leftover interface %s", host)
+        for msg in answer or ():
+            if msg.get("event") == "RTM_NEWLINK" and msg.get_attr("IFLA_IFNAME") == host:
+                return msg["index"]
+        return ipr.link("get", ifname=host)[0]["index"]  # a kernel without NEWLINK echo (< 6.3)
 
     def _configure_host_side(self, host: str, ipv6: bool) -> None:
         base = f"{self.proc}/sys/net"
@@ -159,7 +230,7 @@ class Dataplane:
 
     def add_routes(self, endpoint_id: str, addresses: list[str], mac: str | None = None) -> None:
         """(Re)install the host routes (and, given the MAC, neighbours) of a workload interface."""
-        with IPRoute() as ipr:
+        with self._netlink() as ipr:
             found = ipr.link_lookup(ifname=host_ifname(endpoint_id))
             if not found:
                 raise DataplaneError(f"interface {host_ifname(endpoint_id)} does not exist")
@@ -173,7 +244,7 @@ class Dataplane:
 
     def remove_routes(self, endpoint_id: str, addresses: list[str]) -> None:
         """Remove host routes of a workload interface (idempotent)."""
-        with IPRoute() as ipr:
+        with self._netlink() as ipr:
             found = ipr.link_lookup(ifname=host_ifname(endpoint_id))
             for address in addresses if found else ():
                 length = _prefixlen(address)
@@ -234,24 +305,23 @@ class Dataplane:
 
     def remove_workload(self, endpoint_id: str) -> bool:
         """Delete the veth pair (its routes go with it). Idempotent."""
-        with IPRoute() as ipr:
+        with self._netlink() as ipr:
             return self._remove(ipr, host_ifname(endpoint_id))
 
     @staticmethod
     def _remove(ipr: IPRoute, ifname: str) -> bool:
-        found = ipr.link_lookup(ifname=ifname)
-        if not found:
-            return False
+        """Delete ``ifname`` by name (one request); False if it did not exist."""
         try:
-            ipr.link("del", index=found[0])
+            ipr.link("del", ifname=ifname)
         except NetlinkError as exc:
-            if exc.code != 19:  # ENODEV: already gone
+            if exc.code != ENODEV:
                 raise
+            return False
         return True
 
     def workload_interfaces(self) -> dict[str, int]:
         """Host-side workload interfaces present in the kernel: name -> index."""
-        with IPRoute() as ipr:
+        with self._netlink() as ipr:
             out = {}
             for link in ipr.get_links():
                 name = link.get_attr("IFLA_IFNAME")
@@ -261,7 +331,7 @@ class Dataplane:
 
     def workload_routes(self) -> dict[str, int]:
         """Warren's workload routes in the kernel: address -> interface index."""
-        with IPRoute() as ipr:
+        with self._netlink() as ipr:
             routes = {}
             for family in (socket.AF_INET, socket.AF_INET6):
                 for r in ipr.get_routes(family=family, proto=RTPROT_WARREN):
@@ -269,14 +339,14 @@ class Dataplane:
             return routes
 
     def interface_mtu(self, ifname: str) -> int:
-        with IPRoute() as ipr:
+        with self._netlink() as ipr:
             found = ipr.link_lookup(ifname=ifname)
             if not found:
                 raise DataplaneError(f"underlay interface {ifname} does not exist")
             return ipr.get_links(found[0])[0].get_attr("IFLA_MTU")
 
     def default_route_interface(self) -> str | None:
-        with IPRoute() as ipr:
+        with self._netlink() as ipr:
             for r in ipr.get_default_routes(family=socket.AF_INET):
                 index = r.get_attr("RTA_OIF")
                 if index:

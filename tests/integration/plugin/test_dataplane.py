@@ -95,3 +95,59 @@ def test_failure_rolls_back():
         message, interfaces = run_in_netns(host_ns, _create_bad)
         assert message and "wrn" in message
         assert interfaces == {}
+
+
+def _create_in_threads(count):
+    """The plugin's request threads share one Dataplane (one kept netlink socket)."""
+    import threading
+    dp = Dataplane()
+    errors: list[str] = []
+
+    def one(i):
+        endpoint = f"{i:02x}" + EP[2:]
+        try:
+            for _ in range(3):
+                dp.create_workload(endpoint, [f"10.20.10.{i + 1}"], "02:00:00:00:00:01", 1500)
+                dp.remove_workload(endpoint)
+            dp.create_workload(endpoint, [f"10.20.10.{i + 1}"], "02:00:00:00:00:01", 1500)
+        except Exception as exc:  # reported to the test
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors, sorted(dp.workload_interfaces()), sorted(dp.workload_routes())
+
+
+def test_request_threads_share_the_dataplane():
+    with temp_netns("wth") as host_ns:
+        errors, interfaces, routes = run_in_netns(host_ns, _create_in_threads, 6)
+        assert errors == []
+        assert interfaces == sorted("wrn" + f"{i:02x}" + EP[2:11] for i in range(6))
+        assert routes == sorted(f"10.20.10.{i + 1}" for i in range(6))
+
+
+def _blocked_then_fine(name_taken):
+    dp = Dataplane()
+    dp.create_workload("f" * 64, ["10.20.10.9"], "02:00:00:00:00:02", 1500, peer_name=name_taken)
+    try:  # the peer's name is taken: not a leftover of ours, so nothing of it is deleted
+        dp.create_workload(EP, ["10.20.10.5"], "02:00:00:00:00:01", 1500, peer_name=name_taken)
+        message = None
+    except DataplaneError as exc:
+        message = str(exc)
+    after_failure = sorted(dp.workload_interfaces())
+    host, _ = dp.create_workload(EP, ["10.20.10.5"], "02:00:00:00:00:01", 1500)  # same Dataplane
+    return message, after_failure, host, sorted(dp.workload_routes())
+
+
+def test_a_refused_add_keeps_the_other_interface_and_the_next_join_works():
+    with temp_netns("wth") as host_ns:
+        message, after_failure, host, routes = run_in_netns(host_ns, _blocked_then_fine, "tmpclash")
+        assert message and "wrn" + EP[:11] in message
+        assert after_failure == ["wrn" + "f" * 11]
+        assert host == "wrn" + EP[:11] and routes == ["10.20.10.5", "10.20.10.9"]
+        # created up (no separate set-up request); the container side stays down for Docker
+        assert ",UP" in sh(host_ns, "ip", "-o", "link", "show", host).stdout
+        assert "UP" not in sh(host_ns, "ip", "-o", "link", "show", "tmp" + EP[:11]).stdout.split(">")[0]
