@@ -31,6 +31,18 @@ CreateNetwork's options are read by :mod:`plugin.netoptions`.
 
 Port publishing (ProgramExternalConnectivity and friends) is
 :mod:`plugin.publishing`; it reads and saves endpoints through this class.
+
+etcd round trips: the driver keeps the last record it wrote of each endpoint
+with that write's revision (:meth:`NetworkDriver.save`). Join and Leave start
+from it and write in **one transaction** guarded by the record's mod revision
+(and, for Join, by the sandbox's slots being as last seen: none at first).
+``warrenctl endpoint ... profile`` rewrites records behind the plugin's back,
+so a kept record is only a guess: a failed guard returns the current record
+and the sandbox's slots, and the write is retried from those - never a blind
+overwrite of what someone else wrote. A container's first Join is then one
+round trip (it was four: read, list, create, put), Leave one (it was three).
+:meth:`NetworkDriver.endpoint` still reads etcd: its callers write what they
+read without a guard.
 """
 from __future__ import annotations
 
@@ -42,6 +54,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from datastore import Datastore, codec, keys
+from datastore.ops import Delete, Get, GetPrefix, ModRevisionIs, Put, UnchangedSince
 
 from . import netoptions
 from .dataplane import Dataplane, DataplaneError, gateway_v4, gateway_v6, workload_mtu
@@ -54,6 +67,7 @@ from .records import Endpoint, Network
 log = logging.getLogger(__name__)
 
 UNDERLAY_MTU_TTL = 30.0  # s a read of the underlay interface's MTU is reused (see NetworkDriver._derived_mtu)
+WRITE_ATTEMPTS = 20      # guarded writes of an endpoint record retried on a concurrent change
 
 def mac_for(endpoint_id: str) -> str:
     """A stable, locally administered unicast MAC derived from the endpoint id."""
@@ -95,6 +109,7 @@ class NetworkDriver:
     _networks: dict[str, Network] = field(default_factory=dict)
     _encaps: dict[str, str] = field(default_factory=dict)  # network id -> its pools' worst encapsulation
     _underlay: tuple[int, float] | None = None             # (underlay MTU, when it was read)
+    _records: dict[str, tuple[Endpoint, int]] = field(default_factory=dict)  # id -> (last written, its revision)
 
     # -- networks -----------------------------------------------------------
 
@@ -197,17 +212,57 @@ class NetworkDriver:
             raise PluginError(f"endpoint {endpoint_id[:12]} does not exist on host {self.host}")
         return codec.loads(Endpoint, kv.value)
 
-    def save(self, endpoint: Endpoint) -> None:
-        self.store.put(keys.endpoint(self.host, endpoint.id), codec.dumps(endpoint))
+    def save(self, endpoint: Endpoint) -> int:
+        """Write the record (unguarded: the caller just read it); returns the write's revision."""
+        revision = self.store.put(keys.endpoint(self.host, endpoint.id), codec.dumps(endpoint))
+        self._records[endpoint.id] = (endpoint, revision)
+        return revision
+
+    def _kept(self, endpoint_id: str) -> tuple[Endpoint, int]:
+        """The record as this driver last wrote it, with that write's revision (a guess to be
+        guarded, see the module docstring); read from etcd if not kept."""
+        kept = self._records.get(endpoint_id)
+        if kept is not None:
+            return kept
+        kv = self.store.get(keys.endpoint(self.host, endpoint_id))
+        if kv is None:
+            raise PluginError(f"endpoint {endpoint_id[:12]} does not exist on host {self.host}")
+        return codec.loads(Endpoint, kv.value), kv.mod_revision
+
+    def _guarded_update(self, endpoint_id: str, change: Callable[[Endpoint], Endpoint],
+                        extra: Callable[[Endpoint], list] = lambda e: []) -> Endpoint | None:
+        """Write ``change(record)`` (plus the ops ``extra(record)``) only if the record is still
+        the one changed; on a concurrent write start again from the current record. Returns
+        the record written, None if the endpoint is gone."""
+        key = keys.endpoint(self.host, endpoint_id)
+        try:
+            endpoint, revision = self._kept(endpoint_id)
+        except PluginError:
+            return None
+        for _ in range(WRITE_ATTEMPTS):
+            new = change(endpoint)
+            result = self.store.txn([ModRevisionIs(key, revision)],
+                                    [Put(key, codec.dumps(new))] + extra(endpoint), [Get(key)])
+            if result.succeeded:
+                self._records[endpoint_id] = (new, result.revision)
+                return new
+            kv = result.results[0]
+            if kv is None:
+                self._records.pop(endpoint_id, None)
+                return None
+            endpoint, revision = codec.loads(Endpoint, kv.value), kv.mod_revision
+        raise PluginError(f"endpoint {endpoint_id[:12]} keeps changing; try again")
 
     def delete_endpoint(self, endpoint_id: str) -> None:
         self.dataplane.remove_workload(endpoint_id)  # normally gone at Leave already
+        self._records.pop(endpoint_id, None)
         try:
             endpoint = self.endpoint(endpoint_id)
         except PluginError:
             return  # already deleted: idempotent
         self._release_slot(endpoint)
         self.store.delete(keys.endpoint(self.host, endpoint_id))
+        self._records.pop(endpoint_id, None)  # a concurrent write may have kept it again
         if endpoint.published and self.ports:
             self.ports.sync(self.local_endpoints())
 
@@ -218,26 +273,73 @@ class NetworkDriver:
     # -- join / leave ---------------------------------------------------------
 
     def join(self, network_id: str, endpoint_id: str, sandbox: str) -> dict:
-        endpoint = self.endpoint(endpoint_id)
+        endpoint, _ = self._kept(endpoint_id)
         if endpoint.network != network_id:
             raise PluginError(f"endpoint {endpoint_id[:12]} belongs to another network")
         network = self.network(network_id)
-        slot, others = self._free_slot(sandbox, endpoint_id)
-        joined = replace(endpoint, sandbox=sandbox, gateway_slot=slot)
+        joined, others = self._claim_slot(endpoint_id, sandbox)
+        slot = joined.gateway_slot
         try:
-            _, tmp = self.dataplane.create_workload(endpoint_id, endpoint.addresses, endpoint.mac,
-                                                    endpoint.mtu, gateway6=gateway_v6(slot))
+            _, tmp = self.dataplane.create_workload(endpoint_id, joined.addresses, joined.mac,
+                                                    joined.mtu, gateway6=gateway_v6(slot))
         except DataplaneError as exc:
-            self._release_slot(joined)
+            self._unjoin(endpoint_id)
             raise PluginError(str(exc)) from None
         try:
             unrouted = self._pools_routed_by(others) | self.shared_pools
-            self.save(joined)
         except Exception:
             self.dataplane.remove_workload(endpoint_id)
-            self._release_slot(joined)
+            self._unjoin(endpoint_id)
             raise
-        return join_answer(tmp, slot, endpoint, network, unrouted)
+        return join_answer(tmp, slot, joined, network, unrouted)
+
+    def _claim_slot(self, endpoint_id: str, sandbox: str) -> tuple[Endpoint, list[str]]:
+        """Claim the lowest free gateway slot of the container and record the endpoint as
+        joined to it, in one transaction; returns the joined record and the endpoints
+        holding the container's other slots.
+
+        The first attempt assumes what nearly every Join meets: the kept record is current
+        and the container holds no slot (its first Warren interface), so slot 1. The guard
+        (record's mod revision; nothing under the sandbox's slot keys newer than the listing
+        the choice was made from - "no key" at first) makes a wrong guess fail as a whole;
+        its answer (the record and the slots) is the next attempt's starting point.
+        Create-if-absent keys per sandbox: the cost does not grow with the host's endpoints.
+        """
+        key, prefix = keys.endpoint(self.host, endpoint_id), keys.sandbox_prefix(self.host, sandbox)
+        endpoint, revision = self._kept(endpoint_id)
+        held: dict[int, str] = {}
+        listed = 0  # the store revision the slots were listed at (0: assumed empty)
+        for _ in range(WRITE_ATTEMPTS):
+            mine = [slot for slot, holder in held.items() if holder == endpoint_id]
+            slot = mine[0] if mine else next(n for n in range(1, len(held) + 2) if n not in held)
+            if slot > 254:
+                raise PluginError("too many warren interfaces in one container")
+            joined = replace(endpoint, sandbox=sandbox, gateway_slot=slot)
+            writes = [Put(key, codec.dumps(joined))]
+            if not mine:
+                writes.append(Put(keys.sandbox_slot(self.host, sandbox, slot), endpoint_id))
+            result = self.store.txn([ModRevisionIs(key, revision), UnchangedSince(prefix, listed)],
+                                    writes, [Get(key), GetPrefix(prefix)])
+            if result.succeeded:
+                self._records[endpoint_id] = (joined, result.revision)
+                return joined, sorted(holder for holder in held.values() if holder != endpoint_id)
+            kv, slots = result.results
+            if kv is None:
+                self._records.pop(endpoint_id, None)
+                raise PluginError(f"endpoint {endpoint_id[:12]} does not exist on host {self.host}")
+            endpoint, revision = codec.loads(Endpoint, kv.value), kv.mod_revision
+            held = {int(keys.last_segment(s.key)): s.value.decode() for s in slots}
+            listed = result.revision
+        raise PluginError("could not pick a gateway for this container; try again")
+
+    def _unjoin(self, endpoint_id: str) -> None:
+        """Record the endpoint as not joined and free its slot (a Join's rollback, Leave)."""
+        self._guarded_update(endpoint_id, lambda e: replace(e, sandbox=None), self._slot_release)
+
+    def _slot_release(self, endpoint: Endpoint) -> list:
+        if not endpoint.sandbox:
+            return []
+        return [Delete(keys.sandbox_slot(self.host, endpoint.sandbox, endpoint.gateway_slot))]
 
     def _pools_routed_by(self, endpoint_ids: list[str]) -> set[str]:
         """The pools of the networks of the container's other warren interfaces."""
@@ -256,36 +358,13 @@ class NetworkDriver:
                 pools.update(net.pools_v6 if theirs.ipv6 else [])
         return pools
 
-    def _free_slot(self, sandbox: str, endpoint_id: str) -> tuple[int, list[str]]:
-        """Claim the lowest free gateway slot of this container (create-if-absent keys,
-        so the cost does not grow with the number of endpoints on the host); returns it
-        and the endpoints holding the container's other slots."""
-        for _ in range(20):
-            held = {int(keys.last_segment(kv.key)): kv.value.decode()
-                    for kv in self.store.get_prefix(keys.sandbox_prefix(self.host, sandbox))}
-            others = sorted(holder for holder in held.values() if holder != endpoint_id)
-            for slot, holder in held.items():
-                if holder == endpoint_id:
-                    return slot, others
-            slot = next(n for n in range(1, len(held) + 2) if n not in held)
-            if slot > 254:
-                raise PluginError("too many warren interfaces in one container")
-            if self.store.create(keys.sandbox_slot(self.host, sandbox, slot), endpoint_id):
-                return slot, others
-        raise PluginError("could not pick a gateway for this container; try again")
-
     def _release_slot(self, endpoint: Endpoint) -> None:
         if endpoint.sandbox:
             self.store.delete(keys.sandbox_slot(self.host, endpoint.sandbox, endpoint.gateway_slot))
 
     def leave(self, network_id: str, endpoint_id: str) -> None:
         self.dataplane.remove_workload(endpoint_id)
-        try:
-            endpoint = self.endpoint(endpoint_id)
-        except PluginError:
-            return  # already deleted: Leave is idempotent
-        self._release_slot(endpoint)
-        self.save(replace(endpoint, sandbox=None))
+        self._unjoin(endpoint_id)  # gone already: Leave is idempotent
 
 
 def join_answer(src_name: str, slot: int, endpoint: Endpoint, network: Network,

@@ -481,3 +481,84 @@ def test_default_pool_is_never_routed_per_interface(client):
     joined = ok(client, "NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP, "SandboxKey": "/x"})
     assert joined["StaticRoutes"] == [{"Destination": "169.254.1.1/32", "RouteType": 1}]
     assert joined["Gateway"] == "169.254.1.1"
+
+
+def _endpoint_record(store, endpoint_id=EP):
+    return json.loads(store.get(keys.endpoint("host1", endpoint_id)).value)
+
+
+def _rewrite_profiles(store, profiles, endpoint_id=EP):
+    """What `warrenctl endpoint ... profile` does: rewrite the record behind the plugin's back."""
+    record = _endpoint_record(store, endpoint_id)
+    record["profiles"] = profiles
+    store.put(keys.endpoint("host1", endpoint_id), json.dumps(record))
+
+
+class CountingStore:
+    """The plugin's store with its etcd round trips counted."""
+
+    def __init__(self, store):
+        self.store, self.calls = store, []
+
+    def __getattr__(self, name):
+        attr = getattr(self.store, name)
+        if name in ("get", "get_prefix", "put", "create", "cas", "delete", "txn", "get_many"):
+            return lambda *a, **kw: self.calls.append(name) or attr(*a, **kw)
+        return attr
+
+
+def test_first_join_of_a_container_is_one_etcd_round_trip(store, dataplane):
+    counting = CountingStore(store)
+    client = build(PluginConfig(host="host1"), counting, dataplane).test_client()
+    make_network(client)
+    ok(client, "NetworkDriver.CreateEndpoint", {"NetworkID": NET, "EndpointID": EP,
+                                                "Interface": {"Address": "10.20.10.9/32"}})
+    counting.calls.clear()
+    answer = ok(client, "NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP, "SandboxKey": "/sb"})
+    assert counting.calls == ["txn"] and answer["Gateway"] == "169.254.1.1"
+    record = _endpoint_record(store)
+    assert record["sandbox"] == "/sb" and record["gateway_slot"] == 1
+    assert store.get(keys.sandbox_slot("host1", "/sb", 1)).value.decode() == EP
+    counting.calls.clear()
+    ok(client, "NetworkDriver.Leave", {"NetworkID": NET, "EndpointID": EP})
+    assert counting.calls == ["txn"]
+    assert _endpoint_record(store)["sandbox"] is None and store.get(keys.sandbox_slot("host1", "/sb", 1)) is None
+
+
+def test_join_and_leave_keep_a_profile_the_cli_wrote_meanwhile(client, store, dataplane):
+    make_network(client)
+    ok(client, "NetworkDriver.CreateEndpoint", {"NetworkID": NET, "EndpointID": EP,
+                                                "Interface": {"Address": "10.20.10.9/32"}})
+    _rewrite_profiles(store, ["web"])  # the plugin's kept record is stale now
+    ok(client, "NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP, "SandboxKey": "/sb"})
+    record = _endpoint_record(store)
+    assert record["profiles"] == ["web"] and record["sandbox"] == "/sb" and record["gateway_slot"] == 1
+    _rewrite_profiles(store, ["web", "db"])
+    ok(client, "NetworkDriver.Leave", {"NetworkID": NET, "EndpointID": EP})
+    record = _endpoint_record(store)
+    assert record["profiles"] == ["web", "db"] and record["sandbox"] is None
+    assert store.get_prefix(keys.sandbox_prefix("host1", "/sb")).kvs == []
+
+
+def test_join_takes_the_next_slot_when_the_first_is_held(client, store, dataplane):
+    """The one-transaction guess (slot 1) fails as a whole; the retry picks slot 2."""
+    make_network(client)
+    store.put(keys.sandbox_slot("host1", "/sb", 1), "e" * 64)  # another network's interface
+    ok(client, "NetworkDriver.CreateEndpoint", {"NetworkID": NET, "EndpointID": EP,
+                                                "Interface": {"Address": "10.20.10.9/32"}})
+    answer = ok(client, "NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP, "SandboxKey": "/sb"})
+    assert answer["Gateway"] == "169.254.1.2" and _endpoint_record(store)["gateway_slot"] == 2
+    assert store.get(keys.sandbox_slot("host1", "/sb", 1)).value.decode() == "e" * 64
+    again = ok(client, "NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP, "SandboxKey": "/sb"})
+    assert again["Gateway"] == "169.254.1.2"  # a repeated Join keeps its slot
+    assert len(store.get_prefix(keys.sandbox_prefix("host1", "/sb")).kvs) == 2
+
+
+def test_join_of_an_endpoint_deleted_behind_the_plugin_fails_cleanly(client, store, dataplane):
+    make_network(client)
+    ok(client, "NetworkDriver.CreateEndpoint", {"NetworkID": NET, "EndpointID": EP,
+                                                "Interface": {"Address": "10.20.10.9/32"}})
+    store.delete(keys.endpoint("host1", EP))
+    assert "does not exist" in err(client, "NetworkDriver.Join",
+                                   {"NetworkID": NET, "EndpointID": EP, "SandboxKey": "/sb"})
+    assert store.get_prefix(keys.sandbox_prefix("host1", "/sb")).kvs == [] and dataplane.workloads == {}
