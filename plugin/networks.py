@@ -41,6 +41,8 @@ so a kept record is only a guess: a failed guard returns the current record
 and the sandbox's slots, and the write is retried from those - never a blind
 overwrite of what someone else wrote. A container's first Join is then one
 round trip (it was four: read, list, create, put), Leave one (it was three).
+Leave deletes the veth pair after answering (:meth:`NetworkDriver.leave` says why
+that is safe).
 :meth:`NetworkDriver.endpoint` still reads etcd: its callers write what they
 read without a guard.
 """
@@ -49,6 +51,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import logging
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from typing import Callable
@@ -110,6 +113,8 @@ class NetworkDriver:
     _encaps: dict[str, str] = field(default_factory=dict)  # network id -> its pools' worst encapsulation
     _underlay: tuple[int, float] | None = None             # (underlay MTU, when it was read)
     _records: dict[str, tuple[Endpoint, int]] = field(default_factory=dict)  # id -> (last written, its revision)
+    _removing: dict[str, threading.Thread] = field(default_factory=dict)  # Leave's veth deletes under way
+    _removing_lock: threading.Lock = field(default_factory=threading.Lock)
 
     # -- networks -----------------------------------------------------------
 
@@ -254,7 +259,10 @@ class NetworkDriver:
         raise PluginError(f"endpoint {endpoint_id[:12]} keeps changing; try again")
 
     def delete_endpoint(self, endpoint_id: str) -> None:
-        self.dataplane.remove_workload(endpoint_id)  # normally gone at Leave already
+        with self._removing_lock:
+            removing = endpoint_id in self._removing
+        if not removing:  # normally deleted at Leave already (or being deleted: no need to wait)
+            self.dataplane.remove_workload(endpoint_id)
         self._records.pop(endpoint_id, None)
         try:
             endpoint = self.endpoint(endpoint_id)
@@ -363,8 +371,50 @@ class NetworkDriver:
             self.store.delete(keys.sandbox_slot(self.host, endpoint.sandbox, endpoint.gateway_slot))
 
     def leave(self, network_id: str, endpoint_id: str) -> None:
-        self.dataplane.remove_workload(endpoint_id)
+        """Record the endpoint as left, answer, and delete its veth pair in the background.
+
+        Deleting a veth costs the kernel 15-25 ms (RCU grace periods), which dockerd used to
+        wait for at every container stop. It need not: in every libnetwork version
+        (``Endpoint.sbLeave``) the driver's Leave comes *before* dockerd touches the
+        interface again (``Sandbox.clearNetworkResources`` moves the container side back to
+        the host and renames it ``tmp...``, or the sandbox's namespace goes), and the next
+        calls for this endpoint are DeleteEndpoint and ReleaseAddress - nothing of Docker's
+        needs the pair gone. Deleting the host side by its own name removes the pair wherever
+        dockerd has moved the container side meanwhile (if a step of dockerd's move meets the
+        pair gone, dockerd logs a warning - as it did when the delete came first). Safe for
+        what comes after: endpoint ids are random, so no later Join creates the same
+        ``wrn...`` name; an address released and handed to a new container here gets its
+        route and neighbour *replaced* onto the new interface, which deleting the old one
+        does not touch; DeleteEndpoint does not wait for a delete under way. The record is
+        written first, so if the plugin dies before the delete, the interface has no joined
+        endpoint and start-up reconciliation (:mod:`plugin.reconcile`) removes it; a delete
+        that fails is logged, and DeleteEndpoint tries again.
+        """
         self._unjoin(endpoint_id)  # gone already: Leave is idempotent
+        self._remove_later(endpoint_id)
+
+    def _remove_later(self, endpoint_id: str) -> None:
+        def remove() -> None:
+            try:
+                self.dataplane.remove_workload(endpoint_id)
+            except Exception as exc:
+                log.warning("could not delete the interface of endpoint %s: %s", endpoint_id[:12], exc)
+            finally:
+                with self._removing_lock:
+                    self._removing.pop(endpoint_id, None)
+
+        # not a daemon: a plugin stopping with SIGTERM finishes the deletes under way
+        thread = threading.Thread(target=remove, name=f"warren-leave-{endpoint_id[:12]}")
+        with self._removing_lock:
+            self._removing[endpoint_id] = thread
+        thread.start()
+
+    def wait_removals(self, timeout: float | None = None) -> None:
+        """Wait for Leave's background deletes under way (tests, benchmarks)."""
+        with self._removing_lock:
+            threads = list(self._removing.values())
+        for thread in threads:
+            thread.join(timeout)
 
 
 def join_answer(src_name: str, slot: int, endpoint: Endpoint, network: Network,

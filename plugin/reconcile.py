@@ -4,7 +4,9 @@ Run before the plugin serves (a Join racing the sweep could otherwise lose
 its fresh veth). The plan is a pure function of what the kernel has and what
 etcd says:
 
-* a ``wrn*`` interface with no joined endpoint behind it is an orphan: removed;
+* a ``wrn*`` interface with no joined endpoint behind it is an orphan: removed
+  (also the pair of a Leave whose background delete the plugin did not live to
+  finish: Leave records the endpoint as left before it deletes);
 * a joined endpoint whose interface exists but whose /32 (/128) routes are
   missing or point elsewhere gets its routes back;
 * a joined endpoint whose interface is gone cannot be repaired from here (the

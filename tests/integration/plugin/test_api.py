@@ -25,6 +25,8 @@ class FakeDataplane:
         self.workloads: dict[str, dict] = {}
         self.fail = False
         self.mtu, self.mtu_reads = 1500, 0
+        self.hold = None  # a threading.Event: deletes wait for it (Leave deletes in the background)
+        self.removals = 0
 
     def create_workload(self, endpoint_id, addresses, mac, mtu, peer_netns=None,
                         gateway6="fe80::ecee:eeff:feee:eeee"):
@@ -35,6 +37,9 @@ class FakeDataplane:
         return "wrn" + endpoint_id[:11], "tmp" + endpoint_id[:11]
 
     def remove_workload(self, endpoint_id):
+        if self.hold is not None:
+            assert self.hold.wait(30), "the test never released the delete"
+        self.removals += 1
         return self.workloads.pop(endpoint_id, None) is not None
 
     def default_route_interface(self):
@@ -51,9 +56,21 @@ def dataplane():
 
 
 @pytest.fixture
-def client(store, dataplane):
+def drivers(monkeypatch):
+    """The NetworkDriver instances build() makes (to wait for Leave's background deletes)."""
+    import plugin.wsgi
+    made = []
+    real = plugin.wsgi.NetworkDriver
+    monkeypatch.setattr(plugin.wsgi, "NetworkDriver", lambda **kw: made.append(real(**kw)) or made[-1])
+    return made
+
+
+@pytest.fixture
+def client(store, dataplane, drivers):
     app = build(PluginConfig(host="host1"), store, dataplane)
-    return app.test_client()
+    yield app.test_client()
+    for driver in drivers:
+        driver.wait_removals(30)
 
 
 def call(client, name, body=None, raw=None):
@@ -268,7 +285,7 @@ def test_internal_network_is_stored_and_gets_no_default_route(client, store, dat
     assert snapshot(store) == before
 
 
-def test_endpoint_lifecycle(client, store, dataplane):
+def test_endpoint_lifecycle(client, store, dataplane, drivers):
     make_network(client)
     address = ok(client, "IpamDriver.RequestAddress", {"PoolID": "10.20.10.0/24"})["Address"]
     created = ok(client, "NetworkDriver.CreateEndpoint", {
@@ -285,6 +302,7 @@ def test_endpoint_lifecycle(client, store, dataplane):
     assert dataplane.workloads[EP] == {"addresses": [address.split("/")[0]], "mac": mac, "mtu": 1500}
     assert ok(client, "NetworkDriver.EndpointOperInfo", {"NetworkID": NET, "EndpointID": EP})["Value"]["mac"] == mac
     ok(client, "NetworkDriver.Leave", {"NetworkID": NET, "EndpointID": EP})
+    drivers[0].wait_removals(30)
     assert EP not in dataplane.workloads
     ok(client, "NetworkDriver.Leave", {"NetworkID": NET, "EndpointID": EP})  # idempotent
     ok(client, "NetworkDriver.DeleteEndpoint", {"NetworkID": NET, "EndpointID": EP})
@@ -562,3 +580,22 @@ def test_join_of_an_endpoint_deleted_behind_the_plugin_fails_cleanly(client, sto
     assert "does not exist" in err(client, "NetworkDriver.Join",
                                    {"NetworkID": NET, "EndpointID": EP, "SandboxKey": "/sb"})
     assert store.get_prefix(keys.sandbox_prefix("host1", "/sb")).kvs == [] and dataplane.workloads == {}
+
+
+def test_leave_answers_before_the_veth_is_deleted_and_delete_endpoint_does_not_wait(
+        client, store, dataplane, drivers):
+    import threading
+    make_network(client)
+    ok(client, "NetworkDriver.CreateEndpoint", {"NetworkID": NET, "EndpointID": EP,
+                                                "Interface": {"Address": "10.20.10.9/32"}})
+    ok(client, "NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP, "SandboxKey": "/sb"})
+    dataplane.hold = threading.Event()  # the kernel's delete "takes" until the test says
+    ok(client, "NetworkDriver.Leave", {"NetworkID": NET, "EndpointID": EP})
+    assert EP in dataplane.workloads  # answered while the delete is still under way...
+    assert _endpoint_record(store)["sandbox"] is None  # ...with the record already saying so
+    assert store.get_prefix(keys.sandbox_prefix("host1", "/sb")).kvs == []
+    ok(client, "NetworkDriver.DeleteEndpoint", {"NetworkID": NET, "EndpointID": EP})
+    assert store.get(keys.endpoint("host1", EP)) is None and dataplane.removals == 0
+    dataplane.hold.set()
+    drivers[0].wait_removals(30)
+    assert dataplane.workloads == {} and dataplane.removals == 1
