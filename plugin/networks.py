@@ -192,8 +192,9 @@ class NetworkDriver:
         CreateNetwork and nothing changes a pool's encapsulation (``warrenctl pool`` adds and
         removes pools; swapping a pool under a live network was never followed: its endpoints
         kept their MTU), so the worst encapsulation is read once per network id and kept for
-        the network's life (dropped by DeleteNetwork; a restarted plugin reads it again). The underlay MTU belongs to the host: ``warrenctl node
-        start`` sizes the tunnel devices from it once, but an operator can change the NIC's MTU
+        the network's life (dropped by DeleteNetwork; a restarted plugin reads it again). The
+        underlay MTU belongs to the host: ``warrenctl node start`` sizes the tunnel devices
+        from it once, but an operator can change the NIC's MTU
         (or the default route can move to another interface) while the plugin runs, so a read
         is reused for :data:`UNDERLAY_MTU_TTL` seconds only: a burst of container starts pays
         for one read, and a change is seen by endpoints created half a minute later at most
