@@ -151,3 +151,20 @@ def test_a_refused_add_keeps_the_other_interface_and_the_next_join_works():
         # created up (no separate set-up request); the container side stays down for Docker
         assert ",UP" in sh(host_ns, "ip", "-o", "link", "show", host).stdout
         assert "UP" not in sh(host_ns, "ip", "-o", "link", "show", "tmp" + EP[:11]).stdout.split(">")[0]
+
+
+def _remove_only():
+    return Dataplane().remove_workload(EP)
+
+
+def test_deleting_the_host_side_takes_the_pair_wherever_docker_moved_the_other_side():
+    """Leave deletes in the background, while dockerd may be moving the container side back to
+    the host (libnetwork's clearNetworkResources after Leave): the pair goes either way."""
+    with temp_netns("wth") as host_ns, temp_netns("wtc") as ctr_ns:
+        run_in_netns(host_ns, _create, ["10.20.10.5"], "02:11:22:33:44:55", 1500, ctr_ns)
+        sh(ctr_ns, "ip", "link", "set", "tmp" + EP[:11], "name", "eth0")
+        sh(ctr_ns, "ip", "link", "set", "eth0", "netns", host_ns)   # moved back, as dockerd does
+        sh(host_ns, "ip", "link", "set", "eth0", "name", "tmp" + EP[:11])
+        assert run_in_netns(host_ns, _remove_only) is True
+        assert "tmp" not in sh(host_ns, "ip", "-o", "link").stdout
+        assert "wrn" not in sh(host_ns, "ip", "-o", "link").stdout
