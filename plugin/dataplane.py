@@ -39,7 +39,8 @@ the namespace it is first used in, opened lazily (again after a fork or after
 an error other than the kernel's answer, when the socket's state is unknown)
 and shared by the plugin's request threads under a lock (a netlink socket
 carries one conversation at a time; the kernel's rtnl lock serialises these
-changes anyway). Requests are not spent on what the next request's own answer
+changes anyway). It joins no multicast group (``/proc/net/netlink``: Groups
+0), so no notification of the host's other changes queues up between requests. Requests are not spent on what the next request's own answer
 tells: a veth is added without looking for a leftover first (EEXIST: delete the
 leftover and add again), deleted by name (ENODEV: already gone), created with
 ``IFF_UP`` set (safe before the sysctls below: the peer is down, so the host
