@@ -6,7 +6,9 @@ in plugin/ is edited. All variants are driven in turn, one container each per ro
 rotating), so every variant sees the same minutes of a shared machine's load; each is reported as
 its median per container and as the median of its same-round ratio to the unchanged plugin.
 
-The changes, each a sketch of a proposal (enough to measure it, not a patch to merge):
+The changes, each a sketch of a proposal (enough to measure it, not a patch to merge). All three have
+since been made for real (adde1f4, 06c3f3f, 4b1edad; bench/plugin_ab compares trees): on today's plugin
+``mtu`` and ``rtnl`` measure on top of them, and ``etcd`` refuses (the method it patches is gone).
 
 ``mtu``
     CreateEndpoint derives a network's workload MTU once (``NetworkDriver._derived_mtu`` memoised
@@ -76,6 +78,9 @@ def _patch_etcd() -> None:
 
     from datastore import keys
     from plugin.networks import NetworkDriver
+    if not hasattr(NetworkDriver, "_free_slot"):
+        raise RuntimeError("the etcd variant sketches a change the plugin has had since 4b1edad (Join in one "
+                           "guarded transaction); measure it on an older tree with bench/plugin_ab")
     records: dict[str, object] = {}
     endpoint, save, free_slot = NetworkDriver.endpoint, NetworkDriver.save, NetworkDriver._free_slot
     delete_endpoint = NetworkDriver.delete_endpoint

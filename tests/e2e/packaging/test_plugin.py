@@ -138,5 +138,6 @@ def test_disable_and_remove_leave_nothing_behind(lab, plugin):
         wait_for(f"{host}: plugin processes gone", lambda: not plugin_processes(plugin_id), timeout=30)
         assert not os.path.exists(os.path.dirname(socket_of(lab, host, plugin_id)))
         assert plugin_cgroups(plugin_id) == []
-        links = lab.exec(host, ["ip", "-o", "link", "show"]).stdout
-        assert " wrn" not in links   # every workload veth went with its container
+        # every workload veth went with its container (Leave deletes them just after it answers)
+        wait_for(f"{host}: no workload veth", lambda: " wrn" not in lab.exec(host, ["ip", "-o", "link", "show"]).stdout,
+                 timeout=10)

@@ -14,7 +14,7 @@ import pytest
 
 from ctl.lab import IMAGE
 from tests.e2e.helpers import (E2E, lab_fixture, address, count_keys, ctl, dk, network_name, pings, remove_all, run,
-                               underlay, used_addresses)
+                               underlay, used_addresses, wait_for)
 
 pytestmark = E2E
 
@@ -197,8 +197,9 @@ def test_dockerd_restart(lab):
         pytest.fail(f"containers did not come back: {states}")
     assert pings(lab, "host1", "ca", address(lab, "host1", "cb", "net23"))
     assert ctl(lab, "host1", "ipam", "check", "--grace", "0").returncode == 0
-    host_links = lab.exec("host1", ["ip", "-o", "link"]).stdout
-    assert host_links.count(" wrn") == 2  # no interface left behind by the old containers
+    # no interface left behind by the old containers (Leave deletes veths just after it answers)
+    wait_for(lambda: lab.exec("host1", ["ip", "-o", "link"]).stdout.count(" wrn") == 2, timeout=10,
+             what="only the two live containers' veths on host1")
 
 
 def test_aux_addresses_are_reservations_not_leaks(lab):
