@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from ctl.lab import IMAGE
-from tests.e2e.helpers import (E2E, REPO, address, count_keys, ctl, dk, lab_fixture, pings, remove_all, run,
+from tests.e2e.helpers import (E2E, REPO, address, count_keys, ctl, dk, lab_fixture, pings, remove_all, run, wait_for,
                                used_addresses)
 
 pytestmark = E2E
@@ -136,8 +136,11 @@ def test_internal_network(lab):
     assert "default" not in routes and "default" not in routes6
     assert "10.20.46.0/24 via 169.254.1.1 dev eth0" in routes
     assert "docker_gwbridge" not in dk(lab, "host1", "network", "ls").stdout
-    assert pings(lab, "host1", "c46a", address(lab, "host2", "c46b", "n46"))
-    assert pings(lab, "host1", "c46a", address(lab, "host2", "c46b", "n46", v6=True), v6=True)
+    # the first cross-host packet may precede host1's route to host2's new block and the
+    # agents' profile for a network whose name dockerd reports in the background: seconds at most
+    b4, b6 = address(lab, "host2", "c46b", "n46"), address(lab, "host2", "c46b", "n46", v6=True)
+    wait_for(lambda: pings(lab, "host1", "c46a", b4), timeout=20, step=0.5, what="ping to the peer on host2")
+    wait_for(lambda: pings(lab, "host1", "c46a", b6, v6=True), timeout=20, step=0.5, what="ping6 to the peer")
     # dockerd never asks to publish on an internal network; nothing is published either way
     run(lab, "host1", "c46p", "n46", "-p", "18046:80")
     endpoint_id = dk(lab, "host1", "inspect", "-f",
