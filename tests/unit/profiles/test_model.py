@@ -134,7 +134,7 @@ def test_invalid_profiles():
 
 def test_a_stored_rule_with_an_unknown_key_is_refused_not_widened():
     raw = json.dumps({"name": "p", "tags": [], "inbound_rules": [{"action": "allow", "log": True}]})
-    with pytest.raises(RuleError, match="inbound rule 1: unknown rule key 'log'"):
+    with pytest.raises(codec.InvalidRecord, match="inbound rule 1: unknown rule key 'log'"):
         codec.loads(Profile, raw)
 
 
