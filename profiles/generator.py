@@ -151,17 +151,20 @@ WL_INPUT = "WARREN-WL-INPUT"
 FROM_DISPATCH = "WARREN-FROM-WL"
 TO_DISPATCH = "WARREN-TO-WL"
 ALLOW = "WARREN-ALLOW"
-ALLOW_HOST = "WARREN-ALLOW-HOST"
 DOCKER_BOUNDARY = "WARREN-DOCKER"
+FAILSAFE = "WARREN-FAILSAFE"
 STATIC_CHAINS = (FORWARD_CHAIN, INPUT_CHAIN, WL_FORWARD, WL_INPUT, FROM_DISPATCH,
-                 TO_DISPATCH, ALLOW, ALLOW_HOST, DOCKER_BOUNDARY)
+                 TO_DISPATCH, ALLOW, DOCKER_BOUNDARY, FAILSAFE)
 PARENT_JUMPS = {"FORWARD": FORWARD_CHAIN, "INPUT": INPUT_CHAIN}  # the agent inserts these first
 DOCKER_USER = "DOCKER-USER"  # dockerd keeps its jump first in FORWARD; the agent puts ours first in it
 OPTIONAL_PARENT_JUMPS = {DOCKER_USER: FORWARD_CHAIN}  # ... when the chain exists
 DEFAULT_DOCKER_BRIDGES = ("docker0",)  # Docker's default bridge: always treated as Docker's
 
 ACCEPT_MARK = 0x1000000  # a profile allowed the packet (cleared by every endpoint chain)
-HOST_MARK = 0x2000000    # ... by a rule that names a destination CIDR (opens the host)
+HOST_MARK = 0x2000000    # an opening rule (an outbound allow naming a destination CIDR) matched: the host
+CONTROL_MARK = 0x4000000  # ... one naming a single address (/32, /128): the control plane too
+MARKS = ACCEPT_MARK | HOST_MARK | CONTROL_MARK
+RESOLVER_PORTS = (("udp", 53), ("tcp", 53))  # open on a node running a DNS resolver (see chain_rules)
 WORKLOAD_PREFIX = "wrn"  # plugin.dataplane.HOST_PREFIX
 HOST_POLICIES = ("drop", "accept")
 MULTIPORT_MAX = 15       # xt_multiport: 15 ports per match, a range counts twice
@@ -194,23 +197,33 @@ class Ruleset:
     chains: frozenset[str]      # every chain the filter text defines
     sets: frozenset[str]        # every tag set the ipset text defines
     pools: str = ""             # ipset restore input that (re)fills the pools set
+    control: str = ""           # ipset restore input that (re)fills the control-plane set
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def _parse(item: str) -> tuple[int, str, int]:
-    """(version, canonical text, integer) of one address; cached, the agent parses the same
-    addresses again on every change."""
+def _parse(item: str) -> tuple[int, str, int] | None:
+    """(version, canonical text, integer) of one address, None if it is not one; cached, the
+    agent parses the same addresses again on every change."""
     try:
         address = ipaddress.ip_interface(item).ip
-    except ValueError:
-        raise ValueError(f"invalid address {item!r}") from None
+    except (TypeError, ValueError):
+        return None
     return address.version, str(address), int(address)
 
 
 def _addresses(raw: Iterable[str], version: int) -> list[str]:
-    """Plain addresses of ``version`` (a ``/32`` or ``/128`` suffix is allowed), sorted."""
-    parsed = {p for p in map(_parse, raw) if p[0] == version}
+    """Plain addresses of ``version`` (a ``/32`` or ``/128`` suffix is allowed), sorted.
+
+    Anything that is not an address is left out: a bad record can make an endpoint lose
+    addresses (it fails closed: anti-spoofing drops what it sends from them), never stop
+    the render for everyone else."""
+    parsed = {p for p in map(_parse, raw) if p is not None and p[0] == version}
     return [text for _, text, _ in sorted(parsed, key=lambda p: p[2])]
+
+
+def invalid_addresses(raw: Iterable[str]) -> list[str]:
+    """The items of ``raw`` that are not addresses (for the agent's log)."""
+    return [item for item in raw if _parse(item) is None]
 
 
 def _check_version(version: int) -> None:
@@ -252,8 +265,11 @@ def port_chunks(ports: Sequence[int | str] | None) -> list[str | None]:
     return [",".join(c) for c in chunks]
 
 
-def rule_lines(chain: str, rule: Rule, version: int, allow_target: str = ALLOW) -> list[str]:
-    """The iptables lines of one rule in ``chain``; none if it cannot match ``version``."""
+def rule_lines(chain: str, rule: Rule, version: int, allow_target: str = ALLOW,
+               verdict: str | None = None) -> list[str]:
+    """The iptables lines of one rule in ``chain``; none if it cannot match ``version``.
+
+    ``verdict`` replaces the action's target (the opening rules set a mark instead)."""
     if rule.version not in (None, version):
         return []
     match: list[str] = []
@@ -271,7 +287,7 @@ def rule_lines(chain: str, rule: Rule, version: int, allow_target: str = ALLOW) 
         code = f"/{rule.icmp_code}" if rule.icmp_code is not None else ""
         module = "-m icmp --icmp-type" if version == 4 else "-m icmp6 --icmpv6-type"
         match.append(f"{module} {rule.icmp_type}{code}")
-    target = "-j DROP" if rule.action == "deny" else f"-g {allow_target}"
+    target = verdict or ("-j DROP" if rule.action == "deny" else f"-g {allow_target}")
     lines = []
     for sports in port_chunks(rule.src_ports):
         for dports in port_chunks(rule.dst_ports):
@@ -282,12 +298,33 @@ def rule_lines(chain: str, rule: Rule, version: int, allow_target: str = ALLOW) 
 
 
 def profile_lines(profile: Profile, direction: str, version: int) -> list[str]:
-    """A profile's chain for one direction. Outbound allows naming a CIDR also open the host."""
+    """A profile's chain for one direction: its rules in order."""
     chain = names.profile_chain(profile.name, direction)
     lines = []
     for rule in profile.rules(direction):
-        target = ALLOW_HOST if direction == "outbound" and rule.dst_net else ALLOW
-        lines += rule_lines(chain, rule, version, target)
+        lines += rule_lines(chain, rule, version)
+    return lines
+
+
+def names_one_address(rule: Rule) -> bool:
+    """Does the rule's destination CIDR name a single address (``/32``, ``/128``)?"""
+    if not rule.dst_net:
+        return False
+    net = ipaddress.ip_network(rule.dst_net)
+    return net.prefixlen == net.max_prefixlen
+
+
+def opening_lines(profile: Profile, version: int) -> list[str]:
+    """``WARREN-PH-<profile>``: the profile's outbound allow rules that name a destination CIDR,
+    each setting HOST_MARK (any CIDR) or HOST_MARK | CONTROL_MARK (a single address) when it
+    matches - whatever its place among the profile's rules (see the module docstring)."""
+    chain = names.profile_chain(profile.name, "open")
+    lines = []
+    for rule in profile.outbound_rules:
+        if rule.action != "allow" or not rule.dst_net:
+            continue
+        marks = HOST_MARK | (CONTROL_MARK if names_one_address(rule) else 0)
+        lines += rule_lines(chain, rule, version, verdict=_mark(marks, marks))
     return lines
 
 
@@ -334,15 +371,23 @@ def docker_lines(bridges: Iterable[str]) -> list[str]:
 
 
 def endpoint_lines(endpoint: LocalEndpoint, direction: str, profiles: Mapping[str, Profile],
-                   version: int) -> list[str]:
-    """``WARREN-FW-<iface>`` (outbound) or ``WARREN-TW-<iface>`` (inbound)."""
+                   version: int, opening: Iterable[str] = ()) -> list[str]:
+    """``WARREN-FW-<iface>`` (outbound) or ``WARREN-TW-<iface>`` (inbound).
+
+    ``opening``: the profiles that have a ``WARREN-PH-`` chain for ``version``."""
     outbound = direction == "outbound"
     chain = (names.from_endpoint_chain if outbound else names.to_endpoint_chain)(endpoint.iface)
-    lines = [f"-A {chain} {_mark(0, ACCEPT_MARK | HOST_MARK)}"]
+    lines = [f"-A {chain} {_mark(0, MARKS)}"]
     if outbound:
         lines += anti_spoof_lines(chain, endpoint.addresses(version), version)
     if endpoint.internal:
         lines.append(internal_line(chain, outbound, version))
+    if outbound:
+        opening = set(opening)
+        for name in dict.fromkeys(endpoint.profiles):  # each once, in order
+            if name in opening and name in profiles:
+                lines.append(f"-A {chain} -j {names.profile_chain(name, 'open')}")
+        lines.append(f"-A {chain} -m set --match-set {names.CONTROL_SET[version]} dst -j {FAILSAFE}")
     for name in endpoint.profiles:
         if name not in profiles:
             lines.append(f"-A {chain} {_comment(f'warren: profile {name} is missing')} -j DROP")
@@ -401,17 +446,31 @@ def _static_lines(version: int, host_policy: str, prefix: str) -> list[str]:
                   f"-A {WL_INPUT} {_comment('warren: workload to host not allowed')} -j DROP"]
     else:
         lines.append(f"-A {WL_INPUT} -j ACCEPT")
-    lines += [f"-A {ALLOW} {_mark(ACCEPT_MARK, ACCEPT_MARK)}",
-              f"-A {ALLOW_HOST} {_mark(ACCEPT_MARK | HOST_MARK, ACCEPT_MARK | HOST_MARK)}"]
+    lines.append(f"-A {ALLOW} {_mark(ACCEPT_MARK, ACCEPT_MARK)}")
+    return lines
+
+
+def failsafe_lines(version: int, resolvers: Iterable[str] = ()) -> list[str]:
+    """WARREN-FAILSAFE: a workload's packet to a control-plane address (entered from its
+    endpoint chain, before any profile) is dropped unless an opening rule naming that
+    address matched (CONTROL_MARK), or it is DNS to a node that runs a resolver."""
+    lines = [f"-A {FAILSAFE} {_has_mark(CONTROL_MARK)} -j RETURN"]
+    for address in _addresses(resolvers, version):
+        lines += [f"-A {FAILSAFE} -d {_host(address, version)} -p {protocol} -m multiport "
+                  f"--dports {port} {_comment('warren: DNS resolver')} -j RETURN"
+                  for protocol, port in RESOLVER_PORTS]
+    lines.append(f"-A {FAILSAFE} {_comment('warren: control plane, no rule names it')} -j DROP")
     return lines
 
 
 def chain_rules(endpoints: Iterable[LocalEndpoint], profiles: Mapping[str, Profile], version: int,
                 host_policy: str = "drop", workload_prefix: str = WORKLOAD_PREFIX,
-                docker_bridges: Iterable[str] = ()) -> dict[str, list[str]]:
+                docker_bridges: Iterable[str] = (), resolvers: Iterable[str] = ()) -> dict[str, list[str]]:
     """Every chain warren wants for ``version``: name -> its ``-A`` lines, in declaration order.
 
-    ``docker_bridges``: Docker's bridge interfaces on this host (``docker0`` is always one)."""
+    ``docker_bridges``: Docker's bridge interfaces on this host (``docker0`` is always one).
+    ``resolvers``: control-plane addresses where a DNS resolver for workloads runs (port 53
+    stays open to them; there is none yet, so the agent passes nothing)."""
     _check_version(version)
     if host_policy not in HOST_POLICIES:
         raise ValueError(f"invalid host policy {host_policy!r}: use drop or accept")
@@ -430,14 +489,20 @@ def chain_rules(endpoints: Iterable[LocalEndpoint], profiles: Mapping[str, Profi
     for line in _static_lines(version, host_policy, workload_prefix):
         chains[line.split()[1]].append(line)
     chains[DOCKER_BOUNDARY] = docker_lines(docker_bridges)
+    chains[FAILSAFE] = failsafe_lines(version, resolvers)
     chains.update(_dispatch_chains(eps, True, workload_prefix))
     chains.update(_dispatch_chains(eps, False, workload_prefix))
+    opening = {name: opening_lines(profiles[name], version) for name in used}
+    opening = {name: lines for name, lines in opening.items() if lines}
     for e in eps:
-        chains[names.from_endpoint_chain(e.iface)] = endpoint_lines(e, "outbound", profiles, version)
+        chains[names.from_endpoint_chain(e.iface)] = endpoint_lines(e, "outbound", profiles, version,
+                                                                    opening)
         chains[names.to_endpoint_chain(e.iface)] = endpoint_lines(e, "inbound", profiles, version)
     for name in used:
         for direction in ("inbound", "outbound"):
             chains[names.profile_chain(name, direction)] = profile_lines(profiles[name], direction, version)
+        if name in opening:
+            chains[names.profile_chain(name, "open")] = opening[name]
     return chains
 
 
@@ -560,15 +625,29 @@ def pools_text(cidrs: Iterable[str], version: int) -> str:
                       f"swap {tmp} {name}", f"destroy {tmp}"]) + "\n"
 
 
+def control_members(addresses: Iterable[str], version: int) -> list[str]:
+    """The control plane's ``version`` addresses, canonical and sorted (non-addresses left out)."""
+    _check_version(version)
+    return _addresses(addresses, version)
+
+
+def control_text(addresses: Iterable[str], version: int) -> str:
+    """``ipset restore`` text that (re)fills the control-plane set of ``version`` atomically."""
+    return ipset_text({names.CONTROL_SET[version]: control_members(addresses, version)}, version)
+
+
 def build(endpoints: Iterable[LocalEndpoint], profiles: Mapping[str, Profile],
           members: Mapping[str, Iterable[str]], version: int, host_policy: str = "drop",
           existing_chains: Iterable[str] = (), docker_bridges: Iterable[str] = (),
-          pools: Iterable[str] = ()) -> Ruleset:
+          pools: Iterable[str] = (), control: Iterable[str] = (),
+          resolvers: Iterable[str] = ()) -> Ruleset:
     """Everything one IP version needs, consistent: every set the rules name exists.
-    Apply ``pools`` and ``ipsets`` before ``filter``."""
+    Apply ``pools``, ``control`` and ``ipsets`` before ``filter``."""
     eps = list(endpoints)
-    wanted = chain_rules(eps, profiles, version, host_policy, docker_bridges=docker_bridges)
+    wanted = chain_rules(eps, profiles, version, host_policy, docker_bridges=docker_bridges,
+                         resolvers=resolvers)
     tags = referenced_tags(eps, profiles, version)
     return Ruleset(version, restore_text(wanted, None, existing_chains) or "",
                    ipset_rules(tags, members, version), frozenset(wanted),
-                   frozenset(names.tag_set(t, version) for t in tags), pools_text(pools, version))
+                   frozenset(names.tag_set(t, version) for t in tags), pools_text(pools, version),
+                   control_text(control, version))

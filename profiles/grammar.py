@@ -67,7 +67,7 @@ def parse_rule(words: Sequence[str]) -> Rule:
         w.take()
         if protocol in ICMP_PROTOCOLS and w.peek() == "type":
             w.take()
-            fields["icmp_type"] = w.value("type", "an ICMP type (0-255)")
+            fields["icmp_type"] = w.value("type", "an ICMP type (0-254)")
             if w.peek() == "code":
                 w.take()
                 fields["icmp_code"] = w.value("code", "an ICMP code (0-255)")

@@ -5,8 +5,8 @@ A :class:`Profile` has a name, a set of tags and two ordered rule lists,
 from them). A :class:`Rule` is Calico's v0.x rule: an action (``allow`` or
 ``deny``) and optional matches - protocol (``tcp``, ``udp``, ``icmp``,
 ``icmpv6``), source and destination tag, CIDR and ports (ports only with tcp
-or udp), ICMP type and code (only with icmp or icmpv6). A rule without
-matches matches everything.
+or udp), ICMP type (0-254: iptables reads 255 as "any") and code (0-255;
+only with icmp or icmpv6). A rule without matches matches everything.
 
 Semantics (enforced by :mod:`profiles.generator`): within a profile the
 first matching rule decides; an endpoint's profiles are evaluated in order
@@ -112,13 +112,19 @@ def parse_net(raw: Any, where: str) -> str | None:
         raise RuleError(f"invalid {where} {raw!r}: use a CIDR such as 10.0.0.0/8") from None
 
 
+ICMP_TYPE_MAX = 254  # iptables reads type 255 as "any ICMP": a rule naming it would match everything
+ICMP_CODE_MAX = 255
+
+
 def parse_icmp(raw: Any, what: str) -> int | None:
+    """An ICMP type (0-254) or code (0-255)."""
     if raw is None:
         return None
     if isinstance(raw, str) and raw.isdigit() and raw.isascii():
         raw = int(raw)
-    if isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw <= 255:
-        raise RuleError(f"invalid ICMP {what} {raw!r}: use a number 0-255")
+    top = ICMP_TYPE_MAX if what == "type" else ICMP_CODE_MAX
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw <= top:
+        raise RuleError(f"invalid ICMP {what} {raw!r}: use a number 0-{top}")
     return raw
 
 

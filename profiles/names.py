@@ -10,7 +10,14 @@ uniqueness), so they are short and stable whatever the name's length:
     tag "web-frontend", IPv4          -> warren-v4-web-fronte-<10 hex>  (set)
 
 Every pool of a family is in ``warren-pools-v4`` / ``warren-pools-v6``
-(``hash:net``; what ``--internal`` endpoints are confined to).
+(``hash:net``; what ``--internal`` endpoints are confined to). The control
+plane (etcd members, every node's underlay addresses, this host's own
+addresses: off limits to workloads, see :mod:`profiles.controlplane`) is
+``warren-control-v4`` / ``warren-control-v6`` (``hash:ip``).
+
+A profile's outbound allow rules that name a destination CIDR are also
+compiled into ``WARREN-PH-<profile>`` (the "opening" rules that let a
+workload reach this host or the control plane, whatever their order).
 
 Per-endpoint chains are named after the endpoint's host-side interface
 (``wrn`` + 11 characters of the endpoint id, at most 15 characters by the
@@ -33,12 +40,17 @@ TO_ENDPOINT = "WARREN-TW-"    # traffic to one workload interface
 TAG_SET = {4: "warren-v4-", 6: "warren-v6-"}
 TMP_SET = {4: "warren-v4-tmp", 6: "warren-v6-tmp"}  # swap partner while a set is refilled
 POOLS_SET = {4: "warren-pools-v4", 6: "warren-pools-v6"}  # every pool (hash:net): --internal's bounds
+CONTROL_SET = {4: "warren-control-v4", 6: "warren-control-v6"}  # the control plane (hash:ip)
+PROFILE_OPEN = "WARREN-PH-"  # a profile's opening rules (outbound allows naming a CIDR)
 
 FROM_BRANCH = "WARREN-FD-"   # a branch of the from-workload dispatch tree
 TO_BRANCH = "WARREN-TD-"     # ... of the to-workload one
 
 # Prefixes of the chains that come and go with profiles and endpoints (stale ones are removed).
-DYNAMIC_CHAIN_PREFIXES = (PROFILE_IN, PROFILE_OUT, FROM_ENDPOINT, TO_ENDPOINT, FROM_BRANCH, TO_BRANCH)
+DYNAMIC_CHAIN_PREFIXES = (PROFILE_IN, PROFILE_OUT, PROFILE_OPEN, FROM_ENDPOINT, TO_ENDPOINT,
+                          FROM_BRANCH, TO_BRANCH)
+# Chains earlier versions made and nothing uses any more: deleted like stale dynamic chains.
+RETIRED_CHAINS = frozenset({"WARREN-ALLOW-HOST"})
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 _IFACE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
@@ -55,8 +67,8 @@ def _hashed(prefix: str, name: str, limit: int) -> str:
 
 
 def profile_chain(profile: str, direction: str) -> str:
-    """The chain holding ``profile``'s ``inbound`` or ``outbound`` rules."""
-    prefix = {"inbound": PROFILE_IN, "outbound": PROFILE_OUT}[direction]
+    """The chain holding ``profile``'s ``inbound`` or ``outbound`` rules (or ``open``: its opening rules)."""
+    prefix = {"inbound": PROFILE_IN, "outbound": PROFILE_OUT, "open": PROFILE_OPEN}[direction]
     return _hashed(prefix, profile, MAX_CHAIN)
 
 
@@ -87,7 +99,7 @@ def dispatch_chain(outbound: bool, key: str) -> str:
 
 
 def is_dynamic_chain(chain: str) -> bool:
-    return chain.startswith(DYNAMIC_CHAIN_PREFIXES)
+    return chain.startswith(DYNAMIC_CHAIN_PREFIXES) or chain in RETIRED_CHAINS
 
 
 def is_tag_set(name: str, version: int) -> bool:

@@ -54,19 +54,23 @@ def test_default_profile_for_one_endpoint_v4():
         '-m comment --comment "warren: unknown workload interface" -j DROP']
     assert chain(text, "WARREN-TD-e")[0] == "-o wrneeeeeeeeeee -g WARREN-TW-wrneeeeeeeeeee"
     assert chain(text, "WARREN-FW-wrneeeeeeeeeee") == [
-        "-j MARK --set-xmark 0x0/0x3000000",
+        "-j MARK --set-xmark 0x0/0x7000000",
         "! -s 10.0.0.5/32 -m comment --comment \"warren: source is not the workload's address\" -j DROP",
+        "-m set --match-set warren-control-v4 dst -j WARREN-FAILSAFE",
         f"-j {PO}",
         "-m mark --mark 0x1000000/0x1000000 -j RETURN",
         '-m comment --comment "warren: no profile allowed it" -j DROP']
     assert chain(text, "WARREN-TW-wrneeeeeeeeeee") == [
-        "-j MARK --set-xmark 0x0/0x3000000",
+        "-j MARK --set-xmark 0x0/0x7000000",
         f"-j {PI}",
         "-m mark --mark 0x1000000/0x1000000 -j RETURN",
         '-m comment --comment "warren: no profile allowed it" -j DROP']
     assert chain(text, PI) == [f"-m set --match-set {SET4} src -g WARREN-ALLOW"]
     assert chain(text, PO) == ["-g WARREN-ALLOW"]
     assert chain(text, g.ALLOW) == ["-j MARK --set-xmark 0x1000000/0x1000000"]
+    assert chain(text, g.FAILSAFE) == [
+        "-m mark --mark 0x4000000/0x4000000 -j RETURN",
+        '-m comment --comment "warren: control plane, no rule names it" -j DROP']
 
 
 def test_every_chain_is_flushed_before_it_is_filled():
@@ -105,12 +109,21 @@ def test_rule_rendering():
         f"-A C -m set --match-set {names.tag_set('x', 6)} src -j DROP"]
 
 
-def test_only_outbound_allows_naming_a_cidr_open_the_host():
+def test_only_outbound_allows_naming_a_cidr_are_opening_rules():
     p = Profile("p", [], [parse_rule("allow to cidr 10.0.0.1".split())],
-                [parse_rule("allow to cidr 10.0.0.1".split()), parse_rule("allow to tag p".split())])
-    assert g.profile_lines(p, "outbound", 4)[0].endswith("-g WARREN-ALLOW-HOST")
-    assert g.profile_lines(p, "outbound", 4)[1].endswith("-g WARREN-ALLOW")
-    assert g.profile_lines(p, "inbound", 4)[0].endswith("-g WARREN-ALLOW")
+                [parse_rule("allow".split()), parse_rule("deny to cidr 10.0.0.3".split()),
+                 parse_rule("allow tcp to ports 9091 cidr 10.0.0.2".split()),
+                 parse_rule("allow to cidr 10.9.0.0/16".split()), parse_rule("allow to tag p".split()),
+                 parse_rule("allow to cidr fd00::2/128".split())])
+    assert all(line.endswith("-g WARREN-ALLOW") or line.endswith("-j DROP")
+               for d in ("inbound", "outbound") for line in g.profile_lines(p, d, 4))
+    ph = names.profile_chain("p", "open")
+    assert ph.startswith("WARREN-PH-p-")
+    assert g.opening_lines(p, 4) == [  # a single address opens the control plane too, a network only the host
+        f"-A {ph} -p tcp -d 10.0.0.2/32 -m multiport --dports 9091 -j MARK --set-xmark 0x6000000/0x6000000",
+        f"-A {ph} -d 10.9.0.0/16 -j MARK --set-xmark 0x2000000/0x2000000"]
+    assert g.opening_lines(p, 6) == [f"-A {ph} -d fd00::2/128 -j MARK --set-xmark 0x6000000/0x6000000"]
+    assert g.opening_lines(Profile.new("web"), 4) == []
 
 
 @pytest.mark.parametrize("ports, chunks", [
@@ -160,7 +173,9 @@ def test_build_is_consistent():
     ep = g.LocalEndpoint("d", "wrnddddddddddd", ["10.0.0.9"], [], ["db", "web"])
     rs = g.build([ep], {"db": db, "web": WEB}, {"web": ["10.0.0.5", "fd00::5"], "db": ["10.0.0.9"]}, 4)
     referenced = {w for line in rs.filter.splitlines() for w in line.split() if w.startswith("warren-")}
-    assert referenced == rs.sets == {SET4, names.tag_set("other", 4)}
+    assert referenced == rs.sets | {names.CONTROL_SET[4]}
+    assert rs.sets == {SET4, names.tag_set("other", 4)}
+    assert "create warren-control-v4 hash:ip family inet" in rs.control
     created = {line.split()[1] for line in rs.ipsets.splitlines() if line.startswith("create ")}
     assert created == rs.sets | {names.TMP_SET[4]}
     assert rs.chains == set(declared(rs.filter))
@@ -215,8 +230,12 @@ def test_bad_endpoints():
         g.filter_rules([g.LocalEndpoint("x", "wrn with space", ["10.0.0.7"], [], [])], {}, 4)
     with pytest.raises(ValueError, match="invalid interface name"):
         g.filter_rules([g.LocalEndpoint("x", "wrn0123456789abc", ["10.0.0.7"], [], [])], {}, 4)
-    with pytest.raises(ValueError, match="invalid address 'nope'"):
-        g.filter_rules([g.LocalEndpoint("x", "wrnx", ["nope"], [], [])], {}, 4)
+    # an address that is not one is left out (the endpoint sends nothing from it), never fatal
+    text = g.filter_rules([g.LocalEndpoint("x", "wrnx", ["nope", "10.0.0.7"], [], [])], {}, 4)
+    assert "! -s 10.0.0.7/32" in text and "nope" not in text
+    text = g.filter_rules([g.LocalEndpoint("x", "wrnx", ["nope"], ["fd00::7"], [])], {}, 4)
+    assert "WARREN-FW-wrnx" not in text
+    assert g.invalid_addresses(["nope", "10.0.0.7", "fd00::7/128", ""]) == ["nope", ""]
 
 
 # -- names ---------------------------------------------------------------------------------------
