@@ -1,7 +1,10 @@
 """Records stored in etcd are dataclasses serialised as compact JSON, checked where they are read.
 
 Writing: :func:`dumps`. A record class may define ``to_dict``/``from_dict``
-for nested data; otherwise its fields are written as they are.
+for nested data; otherwise its fields are written as they are. A record is
+validated before it is written too (its ``validate()``): our own code can
+never store a record our readers would skip; :func:`dumps` raises
+:class:`InvalidRecord` instead.
 
 Reading is the datastore boundary of every record type, so it is where a
 record is validated (etcd is shared: any client with access can write
@@ -12,13 +15,17 @@ anything, and one bad record must never stop a node):
   wrong type (checked against the dataclass's annotations: ``str``, ``int``,
   ``bool``, ``float``, ``list[...]``, ``dict[str, ...]``, ``X | None``), a
   required field is missing, or the class's own ``validate()`` (semantic
-  checks: addresses, CIDRs, ranges) raises ``ValueError``/``TypeError``.
+  checks: addresses, CIDRs, ranges; :mod:`datastore.fields` has the usual
+  ones) raises ``ValueError``/``TypeError``, or, given the key it was read
+  from, the class's ``check_key(key)`` refuses it (a record must sit under
+  the key its own fields name: ``endpoints/h1/E`` holds endpoint E of h1).
   Unknown fields are ignored, so older code reads records newer code wrote.
 * :func:`load_each` decodes the values of a listing, *skipping* the invalid
   ones: each skip is logged once per key and revision and counted
   (:data:`SKIPPED`, and :data:`on_invalid` so a process can feed a metric).
-  Readers that list a prefix use it; a reader of one key decides itself
-  (usually: treat it as absent, or refuse the request with the error).
+  Readers that list a prefix use it; a reader of one key decides itself:
+  treat it as absent (:func:`load_one`, also counted) or refuse the request
+  with the error (:func:`loads`).
 
 What a record may contain is defined once, by its dataclass and its
 ``validate()``; :mod:`ctl.records` (``warrenctl status``, ``diags``) scans
@@ -60,6 +67,13 @@ _lock = threading.Lock()
 
 
 def dumps(record: Any) -> bytes:
+    """The record as compact JSON; :class:`InvalidRecord` if its ``validate()`` refuses it."""
+    validate = getattr(record, "validate", None)
+    if validate is not None:
+        try:
+            validate()
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise InvalidRecord(type(record).__name__, str(exc) or type(exc).__name__) from None
     data = record.to_dict() if hasattr(record, "to_dict") else dataclasses.asdict(record)
     return json.dumps(data, separators=(",", ":")).encode()
 
@@ -68,7 +82,7 @@ def loads(cls: type[R], raw: bytes | str, key: str | None = None) -> R:
     """Decode and validate one record of ``cls``; :class:`InvalidRecord` if it is not one."""
     try:
         data = json.loads(raw)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, RecursionError) as exc:
         raise InvalidRecord(cls.__name__, f"not JSON ({exc})", key) from None
     if not isinstance(data, dict):
         raise InvalidRecord(cls.__name__, f"not a JSON object but {type(data).__name__}", key)
@@ -80,9 +94,12 @@ def loads(cls: type[R], raw: bytes | str, key: str | None = None) -> R:
         validate = getattr(record, "validate", None)
         if validate is not None:
             validate()
+        check_key = getattr(record, "check_key", None)
+        if key is not None and check_key is not None:
+            check_key(key)
     except InvalidRecord:
         raise
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever the data makes a check trip on, it is the data's fault
         raise InvalidRecord(cls.__name__, str(exc) or type(exc).__name__, key) from None
     return record
 
@@ -94,6 +111,17 @@ def load_each(cls: type[R], kvs: Iterable[Any]) -> Iterator[tuple[Any, R]]:
             yield kv, loads(cls, kv.value, kv.key)
         except InvalidRecord as exc:
             skipped(exc, getattr(kv, "mod_revision", 0))
+
+
+def load_one(cls: type[R], kv: Any) -> R | None:
+    """The record at ``kv`` (an etcd KV or None), or None when absent or invalid (skipped and counted)."""
+    if kv is None:
+        return None
+    try:
+        return loads(cls, kv.value, kv.key)
+    except InvalidRecord as exc:
+        skipped(exc, getattr(kv, "mod_revision", 0))
+        return None
 
 
 def load_all(cls: type[R], kvs: Iterable[Any]) -> list[R]:

@@ -13,6 +13,11 @@ ordinal goes to the *end* of ``unallocated``, so the least recently freed
 address is reused first and a just-deleted container's address does not
 reappear at once.
 
+A stored block is checked at every read and write (``validate``): a strict
+CIDR inside its pool, a key-safe affinity, and every ordinal of the block
+exactly once, either allocated (to a key-safe handle and host, with string
+attributes) or unallocated. ``check_key``: ``ipam/blocks/<its cidr>``.
+
 Everything here is pure: block arithmetic and record updates, no I/O.
 """
 from __future__ import annotations
@@ -21,6 +26,8 @@ import hashlib
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Iterator
+
+from datastore import fields, keys
 
 from .errors import AddressInUse, PoolExhausted
 from .pools import Pool
@@ -57,10 +64,56 @@ class Block:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Block":
+        for name, kind in (("cidr", str), ("pool", str), ("allocations", dict), ("unallocated", list)):
+            if name in ("cidr", "pool") and name not in d:
+                raise ValueError(f"field {name!r} is missing")
+            if name in d and not isinstance(d[name], kind):
+                raise ValueError(f"field {name!r} should be {kind.__name__}")
+        if not isinstance(d.get("affinity"), (str, type(None))):
+            raise ValueError("field 'affinity' should be str or null")
+        allocations = {}
+        for o, a in d.get("allocations", {}).items():
+            if not isinstance(a, dict) or "handle" not in a or "host" not in a:
+                raise ValueError(f"allocation {o!r:.20} is not an object with a handle and a host")
+            allocations[_ordinal(o)] = Allocation(a["handle"], a["host"], a.get("attrs") or {})
         return cls(cidr=d["cidr"], pool=d["pool"], affinity=d.get("affinity"),
-                   allocations={int(o): Allocation(a["handle"], a["host"], a.get("attrs") or {})
-                                for o, a in d.get("allocations", {}).items()},
-                   unallocated=list(d.get("unallocated", [])))
+                   allocations=allocations, unallocated=list(d.get("unallocated", [])))
+
+    def validate(self) -> None:
+        net = fields.cidr(self.cidr, "cidr")
+        if net.with_prefixlen != self.cidr:
+            raise ValueError(f"cidr {self.cidr!r} is not written as {net} (canonical)")
+        pool = fields.cidr(self.pool, "pool")
+        if pool.version != net.version or not net.subnet_of(pool):  # type: ignore[arg-type]
+            raise ValueError(f"block {self.cidr} is not inside its pool {self.pool}")
+        if net.max_prefixlen - net.prefixlen > 16:
+            raise ValueError(f"block {self.cidr} is larger than 65536 addresses")
+        if self.affinity is not None:
+            fields.name(self.affinity, "affinity")
+        size = net.num_addresses
+        for ordinal, allocation in self.allocations.items():
+            if not 0 <= ordinal < size:
+                raise ValueError(f"allocation ordinal {ordinal} is outside block {self.cidr}")
+            fields.name(allocation.handle, "handle")
+            fields.name(allocation.host, "allocation host")
+            if not isinstance(allocation.attrs, dict) or not all(
+                    isinstance(k, str) and isinstance(v, str) for k, v in allocation.attrs.items()):
+                raise ValueError(f"attributes of ordinal {ordinal} are not string pairs")
+        free = self.unallocated
+        if not all(isinstance(o, int) and not isinstance(o, bool) and 0 <= o < size for o in free):
+            bad = next(o for o in free if not (isinstance(o, int) and not isinstance(o, bool) and 0 <= o < size))
+            raise ValueError(f"unallocated ordinal {bad!r:.20} is outside block {self.cidr}")
+        free_set = set(free)
+        if len(free_set) != len(free):
+            raise ValueError("unallocated lists an ordinal twice")
+        if not free_set.isdisjoint(self.allocations):
+            raise ValueError(f"ordinal {min(free_set & set(self.allocations))} is both allocated and free")
+        if len(free_set) + len(self.allocations) != size:
+            raise ValueError(f"{size - len(free_set) - len(self.allocations)} ordinals of block {self.cidr} "
+                             "are neither allocated nor free")
+
+    def check_key(self, key: str) -> None:
+        fields.key_is(key, keys.block(self.cidr), f"block {self.cidr}")
 
     def copy(self) -> "Block":
         # Allocation records are never changed in place (only added or removed),
@@ -126,6 +179,12 @@ class Block:
     def addresses_of(self, handle: str) -> list[str]:
         return [self.address(o) for o, a in sorted(self.allocations.items())
                 if a.handle == handle]
+
+
+def _ordinal(text: str) -> int:
+    if not (text.isascii() and text.isdigit()):  # int() would also take " 1", "+1", "1_0"
+        raise ValueError(f"allocation ordinal {text!r:.20} is not a number")
+    return int(text)
 
 
 def block_of(pool: Pool, address: str) -> str:

@@ -1,4 +1,9 @@
-"""Cluster-wide IPAM settings (one record at ``/warren/v1/ipam/config``)."""
+"""Cluster-wide IPAM settings (one record at ``/warren/v1/ipam/config``).
+
+An invalid record (not JSON, a field of the wrong type) reads as the
+defaults, skipped and counted like any invalid record (:mod:`datastore.codec`),
+so IPAM keeps working; ``warrenctl records check`` reports it.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,8 +19,7 @@ class IpamConfig:
 
 
 def load_config(store: Datastore) -> IpamConfig:
-    kv = store.get(keys.IPAM_CONFIG)
-    return codec.loads(IpamConfig, kv.value) if kv else IpamConfig()
+    return codec.load_one(IpamConfig, store.get(keys.IPAM_CONFIG)) or IpamConfig()
 
 
 def save_config(store: Datastore, config: IpamConfig) -> None:

@@ -1,4 +1,8 @@
-"""Read-only views of IPAM state for ``warrenctl ipam show|info``."""
+"""Read-only views of IPAM state for ``warrenctl ipam show|info``.
+
+Listings skip invalid block records (counted, see :mod:`datastore.codec`);
+``ipam info`` of an address in an invalid block refuses with the reason.
+"""
 from __future__ import annotations
 
 import ipaddress
@@ -12,7 +16,7 @@ from .poolstore import PoolStore
 
 
 def list_blocks(store: Datastore, host: str | None = None) -> list[Block]:
-    blocks = [codec.loads(Block, kv.value) for kv in store.get_prefix(keys.BLOCKS)]
+    blocks = codec.load_all(Block, store.get_prefix(keys.BLOCKS))
     if host is not None:
         blocks = [b for b in blocks if b.affinity == host
                   or any(a.host == host for a in b.allocations.values())]
@@ -35,6 +39,6 @@ def address_info(store: Datastore, address: str) -> AddressInfo:
     for pool in PoolStore(store).list():
         if pool.contains(address):
             kv = store.get(keys.block(block_of(pool, address)))
-            block = codec.loads(Block, kv.value) if kv else None
+            block = codec.loads(Block, kv.value, kv.key) if kv else None
             return AddressInfo(address, pool.cidr, block, block.holder(address) if block else None)
     return AddressInfo(address, None, None, None)

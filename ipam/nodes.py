@@ -11,6 +11,12 @@ A dead node's key vanishes with its lease, without any heartbeat loop of
 ours reading it. ``node start`` claims the name first: a name held by a
 live node at another underlay address is refused; the same host (same
 address) restarting after a crash takes its name back.
+
+Both records check themselves at every read and write (``validate``: a
+key-safe name, addresses of the right family, AS 1-4294967295, the VTEP's
+MAC; ``check_key``: ``nodes/x`` holds node x). Listings skip invalid ones
+and count them; a single invalid record reads as absent (so ``node start``
+of that name simply writes a good one over it).
 """
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ import ipaddress
 import time
 from dataclasses import dataclass
 
-from datastore import Datastore, ModRevisionIs, Put, codec, keys
+from datastore import Datastore, ModRevisionIs, Put, codec, fields, keys
 
 from .errors import InvalidRequest, IpamError
 
@@ -28,6 +34,8 @@ class NodeConflict(IpamError):
 
 
 LIVENESS_TTL = 20  # seconds a node stays "up" after its last keep-alive
+MAX_AS = 4294967295  # 4-byte AS numbers
+MAX_LEASE = 2 ** 63 - 1  # etcd lease ids are int64
 
 
 @dataclass
@@ -37,6 +45,17 @@ class Liveness:
     since: float       # time.time() of the claim
     lease: int
 
+    def validate(self) -> None:
+        fields.name(self.name, "node name")
+        if self.ipv4 is not None:
+            fields.address(self.ipv4, "ipv4", 4)
+        if not self.since >= 0:
+            raise ValueError(f"since {self.since!r} is not a time")
+        fields.integer(self.lease, "lease", 1, MAX_LEASE)
+
+    def check_key(self, key: str) -> None:
+        fields.key_is(key, keys.node_alive(self.name), f"liveness of node {self.name}")
+
 
 @dataclass
 class Node:
@@ -45,6 +64,20 @@ class Node:
     ipv6: str | None = None
     as_number: int | None = None
     vtep_mac: str | None = None   # MAC of the node's VXLAN device (bgp.fabric)
+
+    def validate(self) -> None:
+        fields.name(self.name, "node name")
+        if self.ipv4 is not None:
+            fields.address(self.ipv4, "ipv4", 4)
+        if self.ipv6 is not None:
+            fields.address(self.ipv6, "ipv6", 6)
+        if self.as_number is not None:
+            fields.integer(self.as_number, "as_number", 1, MAX_AS)
+        if self.vtep_mac is not None:
+            fields.mac(self.vtep_mac, "vtep_mac")
+
+    def check_key(self, key: str) -> None:
+        fields.key_is(key, keys.node(self.name), f"node {self.name}")
 
 
 def _check_address(value: str | None, version: int) -> str | None:
@@ -60,13 +93,12 @@ def _check_address(value: str | None, version: int) -> str | None:
 
 
 def list_nodes(store: Datastore) -> list[Node]:
-    return sorted((codec.loads(Node, kv.value) for kv in store.get_prefix(keys.NODES)),
-                  key=lambda n: n.name)
+    """Every valid node record by name (invalid ones skipped and counted)."""
+    return sorted(codec.load_all(Node, store.get_prefix(keys.NODES)), key=lambda n: n.name)
 
 
 def get_node(store: Datastore, name: str) -> Node | None:
-    kv = store.get(keys.node(name))
-    return codec.loads(Node, kv.value) if kv else None
+    return codec.load_one(Node, store.get(keys.node(name)))
 
 
 def register(store: Datastore, node: Node) -> Node:
@@ -76,8 +108,7 @@ def register(store: Datastore, node: Node) -> Node:
     node.ipv6 = _check_address(node.ipv6, 6)
     for _ in range(10):
         existing = store.get_prefix(keys.NODES)
-        for kv in existing:
-            other = codec.loads(Node, kv.value)
+        for _kv, other in codec.load_each(Node, existing):
             if other.name == node.name:
                 continue
             for mine, theirs, label in ((node.ipv4, other.ipv4, "IPv4"), (node.ipv6, other.ipv6, "IPv6")):
@@ -112,7 +143,7 @@ def claim(store: Datastore, node: Node, ttl: int = LIVENESS_TTL) -> int:
 
 
 def _check_free(kv, node: Node) -> Liveness | None:
-    previous = codec.loads(Liveness, kv.value) if kv else None
+    previous = codec.load_one(Liveness, kv)  # invalid: as if absent (the claim's txn replaces it)
     if previous is not None and previous.ipv4 != node.ipv4:
         raise NodeConflict(f"node name {node.name} is in use by a running node at "
                            f"{previous.ipv4 or 'an unknown address'}; choose another --name "
@@ -143,8 +174,7 @@ def release(store: Datastore, name: str, lease: int) -> None:
 def alive(store: Datastore) -> dict[str, Liveness]:
     """Live nodes by name."""
     found = {}
-    for kv in store.get_prefix(keys.STATUS):
-        if kv.key.endswith("/alive"):
-            record = codec.loads(Liveness, kv.value)
-            found[record.name] = record
+    kvs = [kv for kv in store.get_prefix(keys.STATUS) if kv.key.endswith("/alive")]
+    for _kv, record in codec.load_each(Liveness, kvs):
+        found[record.name] = record
     return found

@@ -5,12 +5,19 @@ A pool is a CIDR that Warren hands addresses out of, in blocks of
 Calico). ``encap`` says how traffic to the pool crosses hosts: ``none``
 (plain routed), ``ipip`` (IPv4 only) or ``vxlan``. ``nat_outgoing``
 masquerades traffic leaving every pool; ``disabled`` stops new allocations.
+
+A stored pool passes the same checks as a new one (``validate``, at every
+read and write: a strict CIDR outside the reserved ranges, a known
+encapsulation, a block size that fits) and sits at ``pools/<its cidr>``
+(``check_key``).
 """
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
 from typing import Iterable
+
+from datastore import fields, keys
 
 from .errors import InvalidPool
 
@@ -63,6 +70,19 @@ class Pool:
 
     def contains(self, address: str) -> bool:
         return ipaddress.ip_address(address) in self.network
+
+    def validate(self) -> None:
+        fields.one_of(self.encap, "encap", ENCAPS)
+        if fields.cidr(self.cidr, "cidr").with_prefixlen != self.cidr:
+            raise ValueError(f"cidr {self.cidr!r} is not written as {self.network} (canonical)")
+        try:
+            make_pool(self.cidr, ipip=self.encap == "ipip", vxlan=self.encap == "vxlan",
+                      block_size=self.block_size)
+        except InvalidPool as exc:
+            raise ValueError(str(exc)) from None
+
+    def check_key(self, key: str) -> None:
+        fields.key_is(key, keys.pool(self.cidr), f"pool {self.cidr}")
 
 
 def parse_cidr(text: str) -> IPNetwork:

@@ -7,6 +7,13 @@ disables it (every allocation transaction compares the pool's revision, so
 no allocation can slip in afterwards), then deletes its blocks and finally
 the pool itself. An interrupted removal leaves a disabled pool that the
 same command finishes.
+
+Invalid pool records (:mod:`datastore.codec`) are skipped by the listings
+and read as absent by :meth:`PoolStore.get` (counted either way), so no
+allocation uses one; ``pool add`` of the same CIDR writes a good record over
+it, and ``pool remove`` deletes it (with the blocks that name that pool, when
+none holds an address or with ``--force``). Invalid block records are
+skipped too.
 """
 from __future__ import annotations
 
@@ -44,12 +51,12 @@ class PoolStore:
         return sorted(pools, key=lambda p: (p.version, p.network))
 
     def get(self, cidr: str) -> Pool | None:
-        kv = self.store.get(keys.pool(cidr))
-        return codec.loads(Pool, kv.value) if kv else None
+        """The pool, or None if there is none or its record is invalid (counted)."""
+        return codec.load_one(Pool, self.store.get(keys.pool(cidr)))
 
     def _read(self) -> tuple[list[PoolEntry], int]:
         rng = self.store.get_prefix(keys.POOLS)
-        return [PoolEntry(codec.loads(Pool, kv.value), kv.mod_revision) for kv in rng], rng.revision
+        return [PoolEntry(pool, kv.mod_revision) for kv, pool in codec.load_each(Pool, rng)], rng.revision
 
     def add(self, pools: list[Pool]) -> None:
         """Add all ``pools`` or none of them."""
@@ -69,7 +76,7 @@ class PoolStore:
             kv = self.store.get(keys.pool(cidr))
             if kv is None:
                 raise PoolNotFound(f"pool {cidr} does not exist")
-            pool = replace(codec.loads(Pool, kv.value), disabled=disabled)
+            pool = replace(codec.loads(Pool, kv.value, kv.key), disabled=disabled)
             result = self.store.txn([ModRevisionIs(kv.key, kv.mod_revision)],
                                     [Put(kv.key, codec.dumps(pool))])
             if result.succeeded:
@@ -77,19 +84,18 @@ class PoolStore:
         raise PoolInUse(f"pool {cidr} is changing too fast; try again")
 
     def blocks(self, cidr: str) -> list[tuple[Block, int]]:
-        out = []
-        for kv in self.store.get_prefix(keys.BLOCKS):
-            block = codec.loads(Block, kv.value)
-            if block.pool == cidr:
-                out.append((block, kv.mod_revision))
-        return out
+        return [(block, kv.mod_revision) for kv, block in codec.load_each(Block, self.store.get_prefix(keys.BLOCKS))
+                if block.pool == cidr]
 
     def remove(self, cidr: str, force: bool = False) -> int:
         """Remove a pool; returns how many allocated addresses were released."""
         kv = self.store.get(keys.pool(cidr))
         if kv is None:
             raise PoolNotFound(f"pool {cidr} does not exist")
-        was_disabled = codec.loads(Pool, kv.value).disabled
+        try:
+            was_disabled = codec.loads(Pool, kv.value, kv.key).disabled
+        except codec.InvalidRecord:
+            return self._remove_invalid(cidr, kv.mod_revision, force)
         if not force:
             self._refuse_if_used(cidr)
         entry = self.set_disabled(cidr, True)
@@ -112,6 +118,19 @@ class PoolStore:
         if not self.store.delete_if_unchanged(keys.pool(cidr), entry.revision):
             raise PoolInUse(f"pool {cidr} changed while it was being removed; try again")
         log.info("removed pool %s (%d addresses released)", cidr, released)
+        return released
+
+    def _remove_invalid(self, cidr: str, revision: int, force: bool) -> int:
+        """An invalid pool record: no allocation can use it, so its blocks go and then the key."""
+        if not force:
+            self._refuse_if_used(cidr)
+        released = 0
+        for block, block_revision in self.blocks(cidr):
+            if self._delete_block(block, block_revision):
+                released += block.used
+        if not self.store.delete_if_unchanged(keys.pool(cidr), revision):
+            raise PoolInUse(f"pool {cidr} changed while it was being removed; try again")
+        log.info("removed the invalid record of pool %s (%d addresses released)", cidr, released)
         return released
 
     def _refuse_if_used(self, cidr: str) -> None:

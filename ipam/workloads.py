@@ -19,6 +19,13 @@ without asking the kernel.
 A network created with ``--internal`` has ``internal=True``: the policy
 agent gives its endpoints no path to anything outside Warren's pools (and
 so no nat-outgoing), and the plugin refuses ``-p`` for them.
+
+Both records check themselves (``validate()``: ids and names usable as key
+segments and profile names, addresses of the right family, strict pool
+CIDRs, MTU, gateway slot and published-port ranges) and the key they sit
+under (``check_key``), at every read and write (:mod:`datastore.codec`).
+The store's listings skip invalid records and count them; a read of one
+endpoint refuses an invalid one with the reason.
 """
 from __future__ import annotations
 
@@ -27,13 +34,17 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable
 
-from datastore import Datastore, codec, keys
+from datastore import Datastore, codec, fields, keys
 
 from .errors import Contention, InvalidRequest
 
 HOST_PREFIX = "wrn"        # host side of a workload veth: wrn + 11 characters of the endpoint id
 TMP_PREFIX = "tmp"         # the other side until Docker moves and renames it
 MAX_RETRIES = 20
+MTU_RANGE = (68, 65535)    # IPv4's minimum to the largest a link can have
+MAX_GATEWAY_SLOT = 254     # 169.254.1.<slot>
+PORT_PROTOCOLS = ("tcp", "udp", "sctp")
+PORT_FIELDS = {"proto", "host_port", "container_port", "host_ip"}  # plugin.portplan.Mapping
 
 
 def host_ifname(endpoint_id: str) -> str:
@@ -61,6 +72,23 @@ class Network:
         """The profile its endpoints use unless they name their own."""
         return self.profile or self.name
 
+    def validate(self) -> None:
+        fields.name(self.id, "network id")
+        for pool in self.pools_v4:
+            fields.cidr(pool, "IPv4 pool", 4)
+        for pool in self.pools_v6:
+            fields.cidr(pool, "IPv6 pool", 6)
+        if self.mtu is not None:
+            fields.integer(self.mtu, "mtu", *MTU_RANGE)
+        if self.profile is not None:
+            fields.name(self.profile, "profile")
+        if self.name is not None:
+            fields.name(self.name, "network name")  # the default profile's name
+        fields.addresses(self.aux_addresses, "aux address")
+
+    def check_key(self, key: str) -> None:
+        fields.key_is(key, keys.network(self.id), f"network {self.id}")
+
 
 @dataclass
 class Endpoint:
@@ -87,6 +115,46 @@ class Endpoint:
     def iface(self) -> str:
         return host_ifname(self.id)
 
+    def validate(self) -> None:
+        fields.name(self.id, "endpoint id")
+        if self.network:
+            fields.name(self.network, "network id")
+        fields.name(self.host, "host")
+        fields.addresses(self.ipv4, "ipv4 address", 4)
+        fields.addresses(self.ipv6, "ipv6 address", 6)
+        if self.mac:
+            fields.mac(self.mac, "mac")
+        fields.integer(self.mtu, "mtu", *MTU_RANGE)
+        if self.sandbox is not None:
+            fields.text(self.sandbox, "sandbox")
+        fields.integer(self.gateway_slot, "gateway_slot", 1, MAX_GATEWAY_SLOT)
+        for port in self.ports:
+            _check_port(port)
+        for profile in self.profiles or ():
+            fields.name(profile, "profile")
+        if self.container is not None:
+            fields.text(self.container, "container", 256)
+        if self.ifname is not None:
+            fields.ifname(self.ifname, "ifname")
+
+    def check_key(self, key: str) -> None:
+        fields.key_is(key, keys.endpoint(self.host, self.id), f"endpoint {self.id[:12]} of {self.host}")
+
+
+def _check_port(port: dict) -> None:
+    """One published port (plugin.portplan.Mapping's fields)."""
+    if not isinstance(port, dict):
+        raise ValueError(f"ports entry {port!r:.40} is not an object")
+    unknown = set(port) - PORT_FIELDS
+    if unknown:
+        raise ValueError(f"ports entry has unknown field {sorted(unknown)[0]!r:.40}")
+    fields.one_of(port.get("proto"), "ports proto", PORT_PROTOCOLS)
+    fields.integer(port.get("host_port"), "ports host_port", 1, 65535)
+    fields.integer(port.get("container_port"), "ports container_port", 0, 65535)
+    host_ip = port.get("host_ip", "")
+    if host_ip != "":
+        fields.address(host_ip, "ports host_ip")
+
 
 def effective_profiles(endpoint: Endpoint, networks: dict[str, Network]) -> list[str]:
     if endpoint.profiles is not None:
@@ -107,12 +175,13 @@ class WorkloadStore:
         self.store = store
 
     def networks(self) -> dict[str, Network]:
-        return {n.id: n for n in (codec.loads(Network, kv.value)
-                                  for kv in self.store.get_prefix(keys.NETWORKS))}
+        """Every valid network record by id (invalid ones skipped and counted)."""
+        return {n.id: n for n in codec.load_all(Network, self.store.get_prefix(keys.NETWORKS))}
 
     def endpoints(self, host: str | None = None) -> list[Endpoint]:
+        """Valid endpoint records (of ``host``), by host and id; invalid ones skipped and counted."""
         prefix = keys.endpoint_prefix(host) if host else keys.ENDPOINTS
-        found = [codec.loads(Endpoint, kv.value) for kv in self.store.get_prefix(prefix)]
+        found = codec.load_all(Endpoint, self.store.get_prefix(prefix))
         return sorted(found, key=lambda e: (e.host, e.id))
 
     def find(self, endpoint_id: str) -> Endpoint:
@@ -138,7 +207,7 @@ class WorkloadStore:
             kv = self.store.get(key)
             if kv is None:
                 raise EndpointNotFound(f"endpoint {endpoint.id[:12]} does not exist")
-            current = codec.loads(Endpoint, kv.value)
+            current = codec.loads(Endpoint, kv.value, kv.key)  # invalid: refused with the reason
             wanted = change(self.profiles_of(current))
             if self.store.cas(key, codec.dumps(replace(current, profiles=wanted)), kv.mod_revision):
                 return wanted
