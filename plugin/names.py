@@ -9,8 +9,11 @@ dockerd is asked with ``http.client`` over its socket (``DOCKER_HOST``:
 ``unix://PATH``, default ``/var/run/docker.sock``, or ``tcp://HOST:PORT``,
 with TLS when ``DOCKER_TLS_VERIFY`` is set, files from ``DOCKER_CERT_PATH``)
 at unversioned API paths (dockerd answers them at its own version), instead
-of through the docker SDK: the two GETs Warren needs are not worth its ~6 MiB
-(requests, urllib3) in the plugin's memory.
+of through the docker SDK: the few GETs Warren needs (network names here,
+containers for ``container add``, networks and containers for the janitor,
+:mod:`plugin.janitor`) are not worth its ~6 MiB (requests, urllib3) in the
+plugin's memory. :func:`docker_pid` also reads dockerd's pid from the unix
+socket's peer credentials, so the janitor notices a restarted dockerd.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import json
 import logging
 import os
 import socket
+import struct
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -82,20 +86,38 @@ def _connection(timeout: float) -> http.client.HTTPConnection:
                                        context=context)
 
 
-def docker_get(path: str, timeout: float = 5.0) -> Any:
-    """``GET path`` from dockerd's API; the decoded JSON answer.
-
-    Raises DockerNotFound on 404 and DockerError on anything else that is not 200."""
+def _request(path: str, timeout: float) -> tuple[int, bytes, int | None]:
+    """``GET path``: (status, body, dockerd's pid when the peer's credentials tell it)."""
     conn = _connection(timeout)
     try:
         conn.request("GET", path, headers={"Accept": "application/json"})
         resp = conn.getresponse()
         body = resp.read()
+        return resp.status, body, _peer_pid(conn)
     except (OSError, http.client.HTTPException) as exc:
         raise DockerError(f"dockerd does not answer: {exc or type(exc).__name__}") from None
     finally:
         conn.close()
-    if resp.status == 200:
+
+
+def _peer_pid(conn: http.client.HTTPConnection) -> int | None:
+    """The pid of the process at the other end of a unix socket (SO_PEERCRED), else None.
+
+    0 (a peer in another pid namespace) is None too: then only a failed request tells
+    that dockerd went away."""
+    sock = conn.sock
+    if not isinstance(conn, UnixHTTPConnection) or sock is None:
+        return None
+    try:
+        pid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                  struct.calcsize("3i")))[0]
+    except (OSError, AttributeError):
+        return None
+    return pid or None
+
+
+def _decode(path: str, status: int, body: bytes) -> Any:
+    if status == 200:
         try:
             return json.loads(body)
         except ValueError:
@@ -104,10 +126,28 @@ def docker_get(path: str, timeout: float = 5.0) -> Any:
         message = json.loads(body).get("message") or ""
     except (ValueError, AttributeError):
         message = body.decode("utf-8", "replace").strip()
-    message = (message.splitlines() or [""])[0] or f"HTTP {resp.status}"
-    if resp.status == 404:
+    message = (message.splitlines() or [""])[0] or f"HTTP {status}"
+    if status == 404:
         raise DockerNotFound(message)
-    raise DockerError(f"dockerd answered {resp.status}: {message}")
+    raise DockerError(f"dockerd answered {status}: {message}")
+
+
+def docker_get(path: str, timeout: float = 5.0) -> Any:
+    """``GET path`` from dockerd's API; the decoded JSON answer.
+
+    Raises DockerNotFound on 404 and DockerError on anything else that is not 200."""
+    status, body, _ = _request(path, timeout)
+    return _decode(path, status, body)
+
+
+def docker_pid(timeout: float = 5.0) -> int | None:
+    """dockerd's process id, asked with ``GET /version`` (DockerError if it does not answer).
+
+    None when the socket cannot tell (TCP, or dockerd in another pid namespace). A new pid
+    means dockerd was restarted (:mod:`plugin.janitor` cleans up after that)."""
+    status, body, pid = _request("/version", timeout)
+    _decode("/version", status, body)
+    return pid
 
 
 def network_name(network_id: str) -> str:

@@ -22,7 +22,11 @@ request either).
 the datastore drops pooled connections in a forked child. ``create()`` reads
 etcd once, to hold this host's published ports again (:func:`restore_ports`:
 the sockets that reserve them live in the serving process), so it must run
-in that process (gunicorn without ``--preload``), as ``serve()`` does.
+in that process (gunicorn without ``--preload``), as ``serve()`` does. It
+also starts the janitor's thread (:mod:`plugin.janitor`: records, addresses,
+veths and ports no container owns, compared with dockerd's view at start,
+after a dockerd restart and every ``WARREN_JANITOR_INTERVAL`` s): it lives in
+the serving process, so the plugin stays the one writer of veths and ports.
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ import os
 import signal
 import sys
 import threading
+from dataclasses import dataclass
 
 from flask import Flask
 
@@ -42,6 +47,8 @@ from .app import create_app
 from .config import PluginConfig, setup_logging
 from .dataplane import Dataplane
 from .ipamdriver import IpamDriver
+from .janitor import INTERVAL_ENV, Janitor
+from .janitor import settings as janitor_settings
 from .metrics import ETCD_ERRORS
 from .names import NameResolver
 from .networks import NetworkDriver
@@ -52,8 +59,20 @@ log = logging.getLogger(__name__)
 CLIENT_TIMEOUT = 10.0  # s of silence from a client before its connection is dropped
 
 
+@dataclass
+class Plugin:
+    """What ``assemble`` made: the app, and the driver the janitor removes endpoints with."""
+    app: Flask
+    network: NetworkDriver
+
+
 def build(config: PluginConfig, store: Datastore, dataplane: Dataplane,
           ports: PortPublisher | None = None, names: NameResolver | None = None) -> Flask:
+    return assemble(config, store, dataplane, ports, names).app
+
+
+def assemble(config: PluginConfig, store: Datastore, dataplane: Dataplane,
+             ports: PortPublisher | None = None, names: NameResolver | None = None) -> Plugin:
     pools = PoolStore(store)
 
     def underlay_mtu() -> int:  # read again at most every networks.UNDERLAY_MTU_TTL s
@@ -71,20 +90,26 @@ def build(config: PluginConfig, store: Datastore, dataplane: Dataplane,
         ports.load = network.local_endpoints  # sync re-reads the records under its lock
     ipam = IpamDriver(Allocator(store, config.host),
                       {4: config.default_pool_v4, 6: config.default_pool_v6})
-    return create_app(network, ipam, scope=config.scope)
+    return Plugin(create_app(network, ipam, scope=config.scope), network)
 
 
 def create() -> Flask:
     setup_logging(None)
     config = PluginConfig.from_env()
+    interval, grace = janitor_settings()  # a bad value stops the server here, not later
     dataplane = Dataplane()
     dataplane.ensure_forwarding()
     store = Datastore(EtcdConfig.from_env())
     store.on_error = lambda kind: ETCD_ERRORS.labels("plugin", kind).inc()
     ports = PortPublisher(reserve=True)
-    app = build(config, store, dataplane, ports, NameResolver(store))
+    plugin = assemble(config, store, dataplane, ports, NameResolver(store))
     restore_ports(ports)
-    return app
+    if interval > 0:
+        Janitor(store, config.host, plugin.network, dataplane, ports,
+                interval=interval, grace=grace).start()
+    else:
+        log.info("janitor off (%s=%s)", INTERVAL_ENV, os.environ.get(INTERVAL_ENV))
+    return plugin.app
 
 
 def restore_ports(ports: PortPublisher) -> None:
