@@ -11,6 +11,9 @@ Design:
   affinities, its endpoints, the networks, pools, BGP settings, peers and
   session status are read with the Datastore API (no etcdctl), and written as
   ``{key: decoded JSON}`` documents.
+* **Invalid records.** ``etcd/invalid-records.json`` lists every record
+  Warren's readers skip (:func:`ctl.records.scan`: key, kind, reason), and
+  the manifest counts them, since what a skipped record says is ignored.
 * **One command runner** (``Runner``), injectable, so tests can replace the
   system tools; each command has a timeout and its exit status is kept.
 * **No secrets.** TLS key files are never opened (only their paths are
@@ -227,6 +230,12 @@ class Diags:
         status = self.store.get(keys.bgp_status(me))
         self.write_json("etcd/bgp-status.json", _decode(status.value) if status else None)
 
+    def collect_records(self) -> None:
+        from .records import scan
+        invalid = scan(self.store)
+        self.manifest["invalid_records"] = len(invalid)
+        self.write_json("etcd/invalid-records.json", [i.as_dict() for i in invalid])
+
     def collect_logs(self) -> None:
         """The node's log directory (the tail of each file), and its ExaBGP config."""
         logs = os.path.join(self.log_dir, self.node)
@@ -285,7 +294,7 @@ class Diags:
         env = {k: v for k, v in sorted(self.environ.items()) if k.startswith(("WARREN_", "DOCKER_HOST"))}
         self.write_json("environment.json", redact_record(env))
 
-    COLLECTORS = ("etcd", "logs", "routes", "netfilter", "bgp", "versions", "environment")
+    COLLECTORS = ("etcd", "records", "logs", "routes", "netfilter", "bgp", "versions", "environment")
 
     def collect(self) -> dict[str, str]:
         """Run every collector; returns {part: "ok" | error line}."""

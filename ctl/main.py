@@ -21,7 +21,7 @@ from plugin.errors import PluginError
 
 from . import bgpcmd, checksystem, ipamcmd, node, pool, status
 from . import containercmd, endpointcmd, profilecmd
-from . import diags
+from . import diags, records
 from .cli import CliError, OneLineParser, run
 
 __all__ = ["CliError", "build_parser", "main"]
@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     endpointcmd.register(sub)
     containercmd.register(sub)
     diags.register(sub)
+    records.register(sub)
     return parser
 
 

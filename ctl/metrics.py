@@ -7,7 +7,9 @@ One HTTP endpoint per node (``WARREN_METRICS_ADDR``, default
   multiprocess directory (``PROMETHEUS_MULTIPROC_DIR``, set by ``node
   start``): Docker API requests and latency, IPAM results and etcd errors
   of the plugin (:mod:`plugin.metrics`); policy apply durations and
-  failures, and etcd errors, of the agent (below);
+  failures, and etcd errors, of the agent (below); invalid etcd records
+  each process's readers skipped, by process and record class
+  (``warren_records_skipped_total``, :mod:`datastore.metrics`);
 * values read when scraped (:class:`NodeCollector`): BGP sessions by state
   (the API process's status record in etcd) and routes installed from BGP
   (kernel routes of protocol 81), so nothing has to push them.
@@ -31,6 +33,8 @@ POLICY_APPLY = Histogram("warren_policy_apply_seconds", "Time to write policy ch
 POLICY_FAILURES = Counter("warren_policy_apply_failures_total", "Policy writes the kernel refused")
 # one definition for every process (the label says which): the plugin's module owns it
 from plugin.metrics import ETCD_ERRORS  # noqa: E402
+# likewise for skipped records: every process's codec counts into it (datastore.metrics.count_skips)
+from datastore.metrics import RECORDS_SKIPPED, count_skips  # noqa: E402,F401
 
 
 def parse_addr(text: str) -> tuple[str, int] | None:

@@ -22,7 +22,8 @@ anything, and one bad record must never stop a node):
   Unknown fields are ignored, so older code reads records newer code wrote.
 * :func:`load_each` decodes the values of a listing, *skipping* the invalid
   ones: each skip is logged once per key and revision and counted
-  (:data:`SKIPPED`, and :data:`on_invalid` so a process can feed a metric).
+  (:data:`SKIPPED`, and :data:`on_invalid` so a process can feed a metric:
+  :mod:`datastore.metrics`, installed by default in node processes).
   Readers that list a prefix use it; a reader of one key decides itself:
   treat it as absent (:func:`load_one`, also counted) or refuse the request
   with the error (:func:`loads`).
@@ -140,12 +141,22 @@ def skipped(exc: InvalidRecord, revision: int = 0) -> None:
             _logged.add((exc.key or "", revision))
     if first:
         log.warning("skipped %s", exc)
+    if on_invalid is None:
+        _install_default_hook()
     hook = on_invalid
     if hook is not None:
         try:
             hook(exc.cls_name)
         except Exception:  # a metric must never break a reader
             log.exception("on_invalid hook failed")
+
+
+def _install_default_hook() -> None:
+    try:
+        from .metrics import install_default  # a node process counts skips even if it did not ask
+        install_default()
+    except Exception:  # prometheus_client missing or broken: the reader goes on regardless
+        log.debug("no skipped-records metric", exc_info=True)
 
 
 # --- type checks against the dataclass annotations ---------------------------------
