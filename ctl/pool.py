@@ -1,9 +1,21 @@
-"""``warrenctl pool add|remove|show``."""
+"""``warrenctl pool add|remove|show``.
+
+``pool remove`` refuses a pool that still holds addresses. ``pool remove --force``
+removes it anyway **and keeps every allocated address allocated**, as Calico's
+``calicoctl pool remove`` did (it deleted the pool, never the allocations): the
+blocks that hold addresses stay, containers keep their addresses and routes, and
+each address is freed when its container releases it (the block goes with its
+last address). Adding the pool again reuses those blocks, so IPAM never hands an
+address a running container holds to a second one (:mod:`ipam.poolremoval`,
+:mod:`ipam.allocator`). ``warrenctl ipam check --repair`` frees kept addresses
+whose container is gone.
+"""
 from __future__ import annotations
 
 import argparse
 
 from ipam import PoolStore, make_pool
+from ipam.poolremoval import remove_keeping_held
 from ipam.pools import parse_cidr
 
 from .output import as_json, table
@@ -28,7 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     remove = verbs.add_parser("remove", help="remove pools")
     remove.add_argument("cidrs", nargs="+", metavar="CIDR")
     remove.add_argument("--force", action="store_true",
-                        help="remove even if addresses are allocated (they are released)")
+                        help="remove even if addresses are allocated: they stay allocated to their "
+                             "containers until released")
     remove.set_defaults(func=pool_remove)
 
     show = verbs.add_parser("show", help="list pools")
@@ -50,9 +63,15 @@ def pool_add(args, ctx) -> int:
 
 def pool_remove(args, ctx) -> int:
     store = PoolStore(ctx.store)
-    for cidr in args.cidrs:
-        released = store.remove(str(parse_cidr(cidr)), force=args.force)
-        extra = f" ({released} allocated addresses released)" if released else ""
+    for cidr in [str(parse_cidr(c)) for c in args.cidrs]:
+        if not args.force:
+            store.remove(cidr)
+            print(f"Removed pool {cidr}")
+            continue
+        removed = remove_keeping_held(ctx.store, cidr)
+        held = removed.kept_addresses
+        extra = (f" ({held} allocated address{'es' if held != 1 else ''} stay allocated to their "
+                 "containers until released)") if held else ""
         print(f"Removed pool {cidr}{extra}")
     return 0
 

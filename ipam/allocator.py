@@ -21,9 +21,44 @@ a little jitter after repeated losses, up to ``max_retries`` times.
 Addresses are held by a *handle* (the caller's id, e.g. a Docker endpoint
 id) and carry attributes (``host``, ``purpose``...). Release by address or by
 handle is idempotent.
+
+**No address is held twice.** Three things could hand out an address that a
+running container still uses, and each is closed here:
+
+* *A record names a free address* (an endpoint record leaked while its address
+  was released, e.g. by ``ipam release`` or an old ``pool remove --force``).
+  Before an address leaves a block the allocator checks it against the
+  addresses every valid endpoint record names (:class:`NamedAddresses`, a
+  cache of the ``endpoints/`` prefix read at revision R). An address a record
+  names is *re-imported* instead: allocated in the same transaction to the
+  handle ``endpoint-<id>`` (``purpose=record``), so it stays held until the
+  record goes (whoever removes a record releases its addresses by address),
+  and the caller gets the next one. The cache is exact without a read per
+  allocation: the plugin stores an endpoint record only while IPAM holds its
+  address (:meth:`Allocator.proof`, guarded in the record's transaction), so a
+  record can name a *free* address only if that address was released after
+  the record was written, i.e. the block changed by a release. A block whose
+  revision is at most R, or was last written by this allocator's own
+  allocation on top of such a revision (allocations never release), cannot
+  hide one; any other block revision (another writer, a release, a new block)
+  makes the allocator read the prefix again first. So the owned-block hot
+  path stays one transaction.
+* *Blocks outlive their pool*: ``pool remove --force`` keeps the blocks that
+  hold addresses (:mod:`ipam.poolremoval`). Such an *orphan* block still
+  answers releases (found by scanning block keys when no pool covers the
+  address; deleted with its affinity once empty), and when a pool covering it
+  is added again the allocator *adopts* it (a block of the pool's block size
+  inside the pool whose own pool is gone is used, and rewritten with the new
+  pool's CIDR) - so its held addresses are never handed out again.
+* *Blocks of another size*: a pool re-added with a different block size
+  cannot tile over a kept block: new blocks overlapping an existing one are
+  never claimed, and a specific address inside a kept block is allocated in
+  that block.
 """
 from __future__ import annotations
 
+import bisect
+import hashlib
 import ipaddress
 import logging
 import random
@@ -39,6 +74,7 @@ from .errors import (AddressNotInPool, Contention, InvalidRequest, IpamError,
                      PoolExhausted, PoolNotFound)
 from .pools import Pool
 from .poolstore import PoolEntry, PoolStore
+from .workloads import Endpoint
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +83,58 @@ log = logging.getLogger(__name__)
 CONTENDED = 3
 
 
+RECORD_PURPOSE = "record"  # purpose of an address re-imported for an endpoint record that names it
+
+
 @dataclass(frozen=True)
 class Assignment:
     address: str
     pool: str
     block: str
     prefixlen: int  # of the pool, for callers that need the subnet
+    revision: int = 0  # mod revision of the handle index key written with it (0: not known)
+
+
+def record_handle(endpoint_id: str) -> str:
+    """The handle that holds an address re-imported for endpoint record ``endpoint_id``."""
+    try:
+        return keys.segment(f"endpoint-{endpoint_id}", "handle")
+    except ValueError:  # a record id no handle can carry: a stable digest of it
+        return "endpoint-" + hashlib.sha256(endpoint_id.encode()).hexdigest()
+
+
+class NamedAddresses:
+    """The addresses valid endpoint records name (any host), read at one etcd revision.
+
+    Re-read incrementally: a record whose mod revision did not change is not decoded again.
+    Invalid records are skipped (as every reader skips them): they name nothing.
+    """
+
+    def __init__(self) -> None:
+        self.revision = -1   # the store revision of the last read (-1: never read)
+        self.owner: dict[str, tuple[str, str]] = {}  # address -> (host, endpoint id)
+        self._seen: dict[str, tuple[int, list[str], str, str]] = {}  # key -> (mod rev, addrs, host, id)
+
+    def refresh(self, store: Datastore) -> None:
+        listing = store.get_prefix(keys.ENDPOINTS)
+        seen: dict[str, tuple[int, list[str], str, str]] = {}
+        fresh = []
+        for kv in listing:
+            old = self._seen.get(kv.key)
+            if old is not None and old[0] == kv.mod_revision:
+                seen[kv.key] = old
+            else:
+                fresh.append(kv)
+        for kv, record in codec.load_each(Endpoint, fresh):
+            seen[kv.key] = (kv.mod_revision, record.addresses, record.host, record.id)
+        owner = {}
+        for _, addresses, host, endpoint_id in seen.values():
+            for address in addresses:
+                try:
+                    owner[str(ipaddress.ip_address(address))] = (host, endpoint_id)
+                except ValueError:
+                    continue
+        self._seen, self.owner, self.revision = seen, owner, listing.revision
 
 
 @dataclass
@@ -78,6 +160,8 @@ class Allocator:
         self._pools: dict[str, PoolEntry] | None = None
         self._affine: dict[str, _BlockEntry] | None = None
         self._config: IpamConfig | None = None
+        self._named = NamedAddresses()
+        self._own: dict[str, int] = {}  # block -> revision of our own allocation on a clean base
         self._lock = threading.RLock()  # the caches are shared by a process's threads
 
     # -- public API ---------------------------------------------------------
@@ -162,8 +246,8 @@ class Allocator:
                      self.store.get_prefix(keys.affinity_prefix(self.host), keys_only=True)]
             affine = {}
             for kv in self.store.get_many(names).values():
-                block = codec.loads(Block, kv.value)
-                if block.affinity == self.host:
+                block = codec.load_one(Block, kv)  # invalid: skipped (and counted)
+                if block is not None and block.affinity == self.host:
                     affine[block.cidr] = _BlockEntry(block, kv.mod_revision)
             self._affine = affine
         return self._affine
@@ -190,6 +274,66 @@ class Allocator:
             raise PoolNotFound(f"pool {pool} does not exist")
         raise PoolNotFound(f"there is no enabled IPv{version} pool; add one with 'warrenctl pool add'")
 
+    # -- the record check -------------------------------------------------------
+
+    def _clean(self, cidr: str, revision: int) -> bool:
+        """True if block ``cidr`` at ``revision`` cannot hide a free address that a record
+        names unseen by the cached :class:`NamedAddresses` (see the module docstring)."""
+        return 0 < revision <= self._named.revision or self._own.get(cidr) == revision
+
+    def _named_owner(self, cidr: str, revision: int) -> dict[str, tuple[str, str]]:
+        """Address -> (host, endpoint id) of every valid endpoint record, exact for this block."""
+        if not self._clean(cidr, revision):
+            self._named.refresh(self.store)
+        return self._named.owner
+
+    def _take(self, new: Block, handle: str, attrs: dict[str, str],
+              owner: dict[str, tuple[str, str]]) -> tuple[str, list[tuple[str, str]]] | None:
+        """Allocate the next free address of ``new`` that no record names. Addresses records
+        name met on the way are re-imported for those records. Returns the address and the
+        re-imported (address, handle) pairs; None if no address is left in the block."""
+        extras: list[tuple[str, str]] = []
+        while new.unallocated:
+            address = new.address(new.unallocated[0])
+            named = owner.get(address)
+            if named is None:
+                new.allocate(handle, self.host, attrs)
+                return address, extras
+            holder = record_handle(named[1])
+            new.allocate_address(address, holder, named[0],
+                                 {"purpose": RECORD_PURPOSE, "endpoint": named[1][:64]})
+            extras.append((address, holder))
+            log.warning("%s is free in block %s but endpoint %s on host %s names it: "
+                        "kept for that record, not handed out", address, new.cidr, named[1][:12], named[0])
+        return None
+
+    def _pool_for(self, block: Block, wanted: dict[str, PoolEntry]) -> PoolEntry | None:
+        """The wanted pool ``block`` serves: its own, or - for a block whose pool was removed
+        (kept by ``pool remove --force`` for the addresses it holds) - a wanted pool of its
+        block size that contains it (the block is adopted)."""
+        entry = wanted.get(block.pool)
+        if entry is not None:
+            return entry
+        if block.pool in self._pool_entries():
+            return None  # another live pool's block
+        net = block.network
+        for entry in wanted.values():
+            pool = entry.pool
+            if (pool.version == net.version and net.prefixlen == pool.block_size
+                    and net.subnet_of(pool.network)):
+                return entry
+        return None
+
+    def _allocate_in(self, block: Block, revision: int, pool: PoolEntry, handle: str,
+                     attrs: dict[str, str]) -> Assignment | None:
+        owner = self._named_owner(block.cidr, revision)
+        new = block.copy()
+        new.pool = pool.pool.cidr  # adopts an orphan block
+        taken = self._take(new, handle, attrs, owner)
+        if taken is None:
+            return None
+        return self._commit(new, revision, pool, handle, taken[0], taken[1])
+
     # -- assignment ---------------------------------------------------------
 
     def _assign_auto(self, handle: str, pool: str | None, version: int,
@@ -201,40 +345,47 @@ class Allocator:
             if claimed is not None:
                 return claimed
         for refresh in (False, True):
-            affine = [e for e in self._affine_blocks(refresh).values()
-                      if e.block.pool in wanted and e.block.free]
-            if affine:
-                entry = self.rng.choice(affine) if len(affine) > 1 else affine[0]
-                new = entry.block.copy()
-                address = new.allocate(handle, self.host, attrs)
-                return self._commit(new, entry.revision, wanted[new.pool], handle, address)
+            affine = [(e, p) for e in self._affine_blocks(refresh).values() if e.block.free
+                      for p in [self._pool_for(e.block, wanted)] if p is not None]
+            if len(affine) > 1:
+                self.rng.shuffle(affine)
+            for entry, owner_pool in affine:
+                got = self._allocate_in(entry.block, entry.revision, owner_pool, handle, attrs)
+                if got is not None:
+                    return got
         claimed = self._claim(pools, handle, attrs)
         if claimed is not None:
             return claimed
         if not self._strict():
             borrowable = []
-            for kv in self.store.get_prefix(keys.BLOCKS):
-                block = codec.loads(Block, kv.value)
-                if block.pool in wanted and block.free:
-                    borrowable.append(_BlockEntry(block, kv.mod_revision))
-            if borrowable:
-                entry = self.rng.choice(borrowable)
-                new = entry.block.copy()
-                address = new.allocate(handle, self.host, attrs)
-                return self._commit(new, entry.revision, wanted[new.pool], handle, address)
+            for kv, block in codec.load_each(Block, self.store.get_prefix(keys.BLOCKS)):
+                owner_pool = self._pool_for(block, wanted) if block.free else None
+                if owner_pool is not None:
+                    borrowable.append((_BlockEntry(block, kv.mod_revision), owner_pool))
+            self.rng.shuffle(borrowable)
+            for entry, owner_pool in borrowable:
+                got = self._allocate_in(entry.block, entry.revision, owner_pool, handle, attrs)
+                if got is not None:
+                    return got
         names = ", ".join(wanted)
         raise PoolExhausted(f"no free address left in pool {names}")
 
     def _claim(self, pools: list[PoolEntry], handle: str, attrs: dict[str, str]) -> Assignment | None:
-        """Claim the next free block of the first pool that has one (None: no free block)."""
+        """Claim the next free block of the first pool that has one (None: no free block).
+
+        A candidate that overlaps an existing block of another size (kept from a removed
+        pool) is never claimed."""
         existing = {keys.cidr_of(kv.key) for kv in
                     self.store.get_prefix(keys.BLOCKS, keys_only=True)}
         for entry in pools:
+            odd = _odd_blocks(existing, entry.pool)
             for cidr in candidate_blocks(entry.pool, self.host):
-                if cidr not in existing:
-                    new = Block.new(cidr, entry.pool.cidr, self.host)
-                    address = new.allocate(handle, self.host, attrs)
-                    return self._commit(new, 0, entry, handle, address)
+                if cidr in existing or (odd and _overlaps(cidr, odd)):
+                    continue
+                new = Block.new(cidr, entry.pool.cidr, self.host)
+                taken = self._take(new, handle, attrs, self._named_owner(cidr, 0))
+                if taken is not None:
+                    return self._commit(new, 0, entry, handle, taken[0], taken[1])
         return None
 
     def _assign_address(self, handle: str, address: str, attrs: dict[str, str]) -> Assignment:
@@ -243,15 +394,22 @@ class Allocator:
             raise AddressNotInPool(f"{address} is not in any pool; add one with 'warrenctl pool add'")
         if entry.pool.disabled:
             raise PoolExhausted(f"pool {entry.pool.cidr} is disabled")
-        cidr = block_of(entry.pool, address)
-        kv = self.store.get(keys.block(cidr))
+        cidr, kv = self._find_block(address, entry.pool, creating=True)
         if kv is None:
             new, revision = Block.new(cidr, entry.pool.cidr, self.host), 0
         else:
-            new, revision = codec.loads(Block, kv.value), kv.mod_revision
+            new, revision = codec.loads(Block, kv.value, kv.key), kv.mod_revision
             held = new.holder(address)
             if held is not None and held.handle == handle:
                 return Assignment(address, entry.pool.cidr, cidr, entry.pool.network.prefixlen)
+            if new.pool != entry.pool.cidr and new.pool in self._pool_entries():
+                raise AddressInUse(f"{address} lies in block {cidr} of pool {new.pool}")
+            new.pool = entry.pool.cidr  # adopts an orphan block
+        if new.holder(address) is None:
+            named = self._named_owner(cidr, revision).get(address)
+            if named is not None:
+                raise AddressInUse(f"{address} is in use: endpoint {named[1][:12]} on host {named[0]} "
+                                   "still names it (remove that endpoint first)")
         new.allocate_address(address, handle, self.host, attrs)
         return self._commit(new, revision, entry, handle, address)
 
@@ -262,11 +420,64 @@ class Allocator:
                     return entry
         return None
 
+    def _find_block(self, address: str, pool: Pool | None, creating: bool = False):
+        """(CIDR, KV) of the block holding ``address``: the pool's aligned block, else any
+        existing block that contains it (kept from a removed pool, possibly of another size).
+        KV is None if there is none; then the CIDR is the aligned block (None without a pool).
+        With ``creating``, refuse an aligned block that would overlap an existing one."""
+        aligned = block_of(pool, address) if pool is not None else None
+        if aligned is not None:
+            kv = self.store.get(keys.block(aligned))
+            if kv is not None:
+                return aligned, kv
+        ip = ipaddress.ip_address(address)
+        clash = None
+        for kv in self.store.get_prefix(keys.BLOCKS, keys_only=True):
+            cidr = keys.cidr_of(kv.key)
+            try:
+                net = ipaddress.ip_network(cidr)
+            except ValueError:
+                continue
+            if net.version != ip.version:
+                continue
+            if ip in net:
+                found = self.store.get(kv.key)
+                if found is not None:
+                    return cidr, found
+            elif aligned is not None and net.overlaps(ipaddress.ip_network(aligned)):
+                clash = cidr
+        if creating and clash is not None:
+            raise AddressInUse(f"{address} lies in block {aligned}, which overlaps block {clash} "
+                               "kept from a removed pool for the addresses it still holds")
+        return aligned, None
+
+    def proof(self, address: str) -> tuple[str, int] | None:
+        """(handle index key, its mod revision) of the allocation holding ``address``, None if
+        IPAM does not hold it. A write guarded by ``ModRevisionIs(key, revision)`` happens
+        only while the address is still held by that allocation (the plugin stores endpoint
+        records this way)."""
+        try:
+            address = str(ipaddress.ip_address(address))
+        except ValueError:
+            return None
+        with self._lock:
+            entry = self._pool_of(address)
+            _, kv = self._find_block(address, entry.pool if entry else None)
+        if kv is None:
+            return None
+        held = codec.loads(Block, kv.value, kv.key).holder(address)
+        if held is None:
+            return None
+        key = keys.handle(held.handle, address)
+        index = self.store.get(key)
+        return (key, index.mod_revision) if index is not None else None
+
     def _commit(self, new: Block, revision: int, pool: PoolEntry, handle: str,
-                address: str) -> Assignment:
+                address: str, extras: list[tuple[str, str]] = ()) -> Assignment:
         block_key, pool_key = keys.block(new.cidr), keys.pool(pool.pool.cidr)
         success = [Put(block_key, codec.dumps(new)),
                    Put(keys.handle(handle, address), codec.dumps(HandleRef(new.cidr)))]
+        success += [Put(keys.handle(h, a), codec.dumps(HandleRef(new.cidr))) for a, h in extras]
         if revision == 0:  # claiming a new block for this host
             success.append(Put(keys.affinity(self.host, new.cidr), b"{}"))
         result = self.store.txn(
@@ -274,7 +485,9 @@ class Allocator:
             success, [Get(block_key), Get(pool_key)])
         if result.succeeded:
             self._remember(new, result.revision)
-            return Assignment(address, pool.pool.cidr, new.cidr, pool.pool.network.prefixlen)
+            self._own[new.cidr] = result.revision  # an allocation on a base checked against records
+            return Assignment(address, pool.pool.cidr, new.cidr, pool.pool.network.prefixlen,
+                              result.revision)
         block_kv, pool_kv = result.results
         self._learn_block(new.cidr, block_kv)
         pools = self._pool_entries()
@@ -303,26 +516,65 @@ class Allocator:
 
     def _release(self, address: str, handle: str | None) -> bool:
         entry = self._pool_of(address)
-        if entry is None:
-            return False
-        cidr = block_of(entry.pool, address)
-        kv = self.store.get(keys.block(cidr))
+        cidr, kv = self._find_block(address, entry.pool if entry else None)
         if kv is None:
             return False
-        block = codec.loads(Block, kv.value)
+        block = codec.loads(Block, kv.value, kv.key)
         held = block.holder(address)
         if held is None or (handle is not None and held.handle != handle):
             return False
         block.release(address)
-        result = self.store.txn(
-            [ModRevisionIs(kv.key, kv.mod_revision)],
-            [Put(kv.key, codec.dumps(block)), Delete(keys.handle(held.handle, address))],
-            [Get(kv.key)])
+        compare = [ModRevisionIs(kv.key, kv.mod_revision)]
+        ops = [Delete(keys.handle(held.handle, address))]
+        if block.used == 0 and (entry is None or entry.pool.cidr != block.pool) \
+                and self.store.get(keys.pool(block.pool)) is None:
+            # the last address of a block kept from a removed pool: the block goes too
+            compare.append(ModRevisionIs(keys.pool(block.pool), 0))
+            ops += [Delete(kv.key)] + ([Delete(keys.affinity(block.affinity, cidr))] if block.affinity else [])
+            gone = True
+        else:
+            ops.append(Put(kv.key, codec.dumps(block)))
+            gone = False
+        result = self.store.txn(compare, ops, [Get(kv.key)])
         if not result.succeeded:
             self._learn_block(cidr, result.results[0])
             raise _Conflict()
-        self._remember(block, result.revision)
+        if gone:
+            self._learn_block(cidr, None)
+            log.info("deleted block %s: its pool %s is gone and it holds no address any more",
+                     cidr, block.pool)
+        else:
+            self._remember(block, result.revision)
         return True
+
+
+def _odd_blocks(existing: set[str], pool: Pool) -> tuple[list[int], list[int]] | None:
+    """Sorted (starts, ends) of existing blocks of another size that overlap ``pool``."""
+    size = str(pool.block_size)
+    net = pool.network
+    spans = []
+    for cidr in existing:
+        if cidr.rpartition("/")[2] == size:
+            continue
+        try:
+            block = ipaddress.ip_network(cidr)
+        except ValueError:
+            continue
+        if block.version == net.version and block.overlaps(net):
+            spans.append((int(block.network_address), int(block.broadcast_address)))
+    if not spans:
+        return None
+    spans.sort()
+    return [s for s, _ in spans], [e for _, e in spans]
+
+
+def _overlaps(cidr: str, odd: tuple[list[int], list[int]]) -> bool:
+    net = ipaddress.ip_network(cidr)
+    start, end = int(net.network_address), int(net.broadcast_address)
+    starts, ends = odd
+    i = bisect.bisect_right(starts, end) - 1
+    # blocks never overlap each other, so the last one starting before our end decides
+    return i >= 0 and ends[i] >= start
 
 
 @dataclass
