@@ -13,9 +13,25 @@ which matters for the node's memory):
 * unless ``--no-bgp``, the **BGP speaker supervisor** (:mod:`bgp.speaker`),
   which runs ExaBGP and its API process as children and restarts them.
 
-SIGTERM stops all three: the speaker first withdraws this host's routes.
-Killing the agent leaves every rule and route in the kernel; the next
-start resyncs them atomically (see profiles.agent).
+* the **liveness lease** keep-alive (``node show``'s up/down) and the
+  Prometheus exporter (:mod:`ctl.metrics`).
+
+Every one of these loops runs through :mod:`ctl.guard`: an unexpected
+exception (or a loop returning early) is logged with its traceback to
+``agent.log``, counted (``warren_agent_loop_crashes_total{loop}``) and the loop
+is called again with backoff - each loop resyncs from etcd and the kernel when
+it starts. The speaker is the exception: it owns ExaBGP, so a failure of its
+loop ends the agent process (status 70, without withdrawing anything) and the
+node's supervisor (:mod:`ctl.supervisor`) starts a fresh agent. Uncaught
+exceptions of any other thread are logged too (:func:`ctl.guard.install_excepthooks`).
+
+SIGTERM stops them all: the speaker first withdraws this host's routes.
+Killing the agent (kill -9, a crash) leaves every rule and route in the
+kernel and, thanks to graceful restart, this host's routes on its peers; the
+supervisor starts a new agent, which resyncs atomically (see profiles.agent)
+and adopts the routes it finds (see bgp.api). The agent is a process-group
+leader; its ExaBGP and API process inherit the group, which the supervisor
+records so ``node stop`` can end what a killed agent left behind.
 """
 from __future__ import annotations
 
@@ -30,6 +46,7 @@ log = logging.getLogger("warren.agent")
 
 HOST_POLICY_ENV = "WARREN_WORKLOAD_TO_HOST"  # drop (default) | accept
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # every node process writes its metric samples there
+LOOPS = ("metrics", "policy", "nat-outgoing", "docker-bridges", "liveness")  # joined on stop
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     from plugin.config import setup_logging
     from plugin.names import docker_get
     setup_logging(os.path.join(args.log_dir, "agent.log"))
-    from . import metrics
+    from prometheus_client import Counter
+
+    from . import guard, metrics
+    guard.install_excepthooks()  # also for a failure while starting up (the supervisor retries)
     store = Datastore(EtcdConfig.from_env())
     store.on_error = lambda kind: metrics.ETCD_ERRORS.labels("agent", kind).inc()
     stop = threading.Event()
@@ -59,47 +79,59 @@ def main(argv: list[str] | None = None) -> int:
                          observe=metrics.observe_policy)
     bridges = DockerBridges(lambda: docker_get(NETWORKS_PATH, timeout=2.0), policy.docker_changed)
     policy.docker_bridges = bridges.current  # the kernel's view already: before the first write
-    try:
-        metrics.serve(store, args.node, os.environ.get(metrics.ADDR_ENV, metrics.DEFAULT_ADDR),
-                      os.environ.get(MULTIPROC_ENV))
-    except (OSError, ValueError) as exc:  # the node works without its metrics
-        log.error("metrics exporter not started: %s", exc)
-    threads = [threading.Thread(target=policy.run, args=(stop,), name="policy", daemon=True),
-               threading.Thread(target=NatOutgoing().follow, args=(store, stop), name="nat-outgoing",
-                                daemon=True),
-               threading.Thread(target=bridges.run, args=(stop,), name="docker-bridges", daemon=True)]
+    crashes = Counter("warren_agent_loop_crashes_total", "Node agent loops that failed and were restarted",
+                      ["loop"])
+    options = {"on_crash": lambda name: crashes.labels(name).inc()}
+    metrics_addr = os.environ.get(metrics.ADDR_ENV, metrics.DEFAULT_ADDR)
+    guard.start_guarded("metrics", lambda ev: serve_metrics(store, args.node, metrics_addr, ev), stop,
+                        max_backoff=60.0, **options)
+    guard.start_guarded("policy", policy.run, stop, **options)
+    guard.start_guarded("nat-outgoing", lambda ev: NatOutgoing().follow(store, ev), stop, **options)
+    guard.start_guarded("docker-bridges", bridges.run, stop, **options)
     if args.lease:
-        threads.append(threading.Thread(target=keep_node_alive, args=(store, args, stop),
-                                        name="liveness", daemon=True))
-    for thread in threads:
-        thread.start()
+        guard.start_guarded("liveness", lambda ev: keep_node_alive(store, args, ev), stop, **options)
     log.info("node agent for %s started (bgp %s)", args.node, "off" if args.no_bgp else "on")
     if args.no_bgp:
         stop.wait()
     else:
         speaker = Speaker(args.node, store, args.run_dir, args.log_dir)
         speaker.stop = stop
-        speaker.run()
-    for thread in threads:
-        thread.join(5)
+        guard.run_guarded("speaker", lambda ev: speaker.run(), stop, policy=guard.Policy.EXIT, **options)
+    for thread in threading.enumerate():
+        if thread.name in LOOPS:
+            thread.join(5)
     log.info("node agent for %s stopped", args.node)
     return 0
 
 
+def serve_metrics(store, node: str, addr: str, stop: threading.Event) -> None:
+    """Start the exporter, then wait for ``stop`` (an address in use raises: retried with backoff)."""
+    from . import metrics
+    try:
+        metrics.serve(store, node, addr, os.environ.get(MULTIPROC_ENV))
+    except ValueError as exc:  # a bad WARREN_METRICS_ADDR: the node works without its metrics
+        log.error("metrics exporter not started: %s", exc)
+    stop.wait()
+
+
 def keep_node_alive(store, args, stop: threading.Event) -> None:
-    """Refresh this node's liveness lease until ``stop``; then revoke it (the node is down)."""
+    """Refresh this node's liveness lease at once, then every LIVENESS_TTL/4 s, until ``stop``;
+    then revoke it (the node is down). At once: a restarted agent may hold a lease that expired
+    while it was down; keep_alive claims the name again."""
     from datastore import DatastoreError
     from ipam import IpamError
     from ipam.nodes import LIVENESS_TTL, Node, keep_alive, release
     node, lease = Node(name=args.node, ipv4=args.ip), args.lease
-    while not stop.wait(LIVENESS_TTL / 4):
+    while True:
         try:
             renewed = keep_alive(store, node, lease)
             if renewed != lease:
                 log.warning("liveness lease had expired; claimed the node name again")
-            lease = renewed
+            lease = args.lease = renewed  # a restarted loop goes on with the new lease
         except (DatastoreError, IpamError) as exc:
             log.warning("liveness: %s; retrying", exc)
+        if stop.wait(LIVENESS_TTL / 4):
+            break
     try:
         release(store, args.node, lease)
     except DatastoreError as exc:

@@ -1,23 +1,37 @@
 """``warrenctl node start|stop|show``: this host's Warren node.
 
 ``start`` registers the node in etcd, makes sure routed workload traffic may
-be forwarded, reconciles this host's veths and routes with etcd, starts the
-node agent (:mod:`ctl.agent`: policy, nat-outgoing and the BGP speaker), then
-runs the plugin server (plugin.wsgi on the plugin socket) - in the background
-with a pid file and a log under a per-node directory, or in the foreground
-with ``--foreground`` (for containers and systemd). It returns once the
-socket answers ``Plugin.Activate``.
+be forwarded, reconciles this host's veths and routes with etcd, then hands
+the node's two processes - the node agent (:mod:`ctl.agent`: policy,
+nat-outgoing, the BGP speaker) and the plugin server (plugin.wsgi on the
+plugin socket) - to the node supervisor (:mod:`ctl.supervisor`), which
+restarts each of them alone when it dies or (the server) stops answering.
+The supervisor runs detached with a pid file and a log under a per-node
+directory, or in this process with ``--foreground`` (containers, systemd).
+``start`` returns once the socket answers ``Plugin.Activate``.
+
+Faults stay local: ``start`` on a node that runs never stops a healthy
+process. With the supervisor alive it only asks it (SIGUSR1) to start what
+is missing now; with the supervisor gone but an agent or a server still
+running (the supervisor was killed) it starts a supervisor that adopts them
+and starts only what is missing. Only a node with nothing running gets the
+full start. ``stop`` ends the supervisor (agent first: peers withdraw this
+host's routes at once), then anything still running from its pid files, and
+what killed agents left in their recorded process groups (an ExaBGP whose
+agent was killed -9).
+
+``start`` warns (one line) when etcd is plain HTTP at a non-loopback address.
 """
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import time
 
 from pyroute2 import IPRoute
 
@@ -36,6 +50,10 @@ from .agent import HOST_POLICY_ENV, MULTIPROC_ENV
 from .bgpcmd import add_peer_commands
 from .output import as_json, table
 from .status import node_status
+from .supervisor import (SUPERVISOR_MARKS, Child, Supervisor, reap_orphans, running_pid, stop_groups,
+                         stop_pids, write_spec)
+
+__all__ = ["register_commands", "reap_orphans", "NodeError"]
 
 RUN_DIR = os.environ.get("WARREN_RUN_DIR", "/run/warren")
 LOG_DIR = os.environ.get("WARREN_LOG_DIR", "/var/log/warren")
@@ -78,47 +96,39 @@ def _paths(name: str) -> dict[str, str]:
     run, logs = os.path.join(RUN_DIR, name), os.path.join(LOG_DIR, name)
     return {"run": run, "logs": logs, "pid": os.path.join(run, "plugin.pid"),
             "log": os.path.join(logs, "plugin.log"), "agent_pid": os.path.join(run, "agent.pid"),
-            "agent_out": os.path.join(logs, "agent.out")}
+            "agent_out": os.path.join(logs, "agent.out"), "groups": os.path.join(run, "agent.groups"),
+            "supervisor_pid": os.path.join(run, "supervisor.pid"),
+            "supervisor_log": os.path.join(logs, "supervisor.log"),
+            "spec": os.path.join(run, "supervisor.json")}
 
 
 PLUGIN_MARK, AGENT_MARK = b"plugin.wsgi", b"ctl.agent"
 
 
-def _running_pid(pidfile: str, mark: bytes = PLUGIN_MARK) -> int | None:
+def _running_pid(pidfile: str, mark: bytes | tuple[bytes, ...] = PLUGIN_MARK) -> int | None:
     """The pid in ``pidfile`` if that process is still ours (its command line has ``mark``)."""
-    try:
-        pid = int(open(pidfile).read().strip())
-        cmdline = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ")
-    except (OSError, ValueError):
-        return None
-    return pid if mark in cmdline else None
+    return running_pid(pidfile, mark)
 
 
-def _stop(pidfile: str, mark: bytes, timeout: float = 15.0) -> bool:
+def _stop(pidfile: str, mark: bytes | tuple[bytes, ...], timeout: float = 15.0) -> bool:
     pid = _running_pid(pidfile, mark)
     if pid is None:
         return False
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while _running_pid(pidfile, mark) == pid and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if _running_pid(pidfile, mark) == pid:
-        os.kill(pid, signal.SIGKILL)
+    stop_pids([pid], timeout)
     return True
 
 
-def _start_agent(name: str, paths: dict[str, str], env: dict[str, str], bgp: bool, lease: int,
-                 ipv4: str | None) -> int:
-    argv = [sys.executable, "-m", "ctl.agent", "--node", name, "--lease", str(lease),
-            "--run-dir", paths["run"], "--log-dir", paths["logs"]] + ([] if bgp else ["--no-bgp"])
-    argv += ["--ip", ipv4] if ipv4 else []
-    with open(paths["agent_out"], "ab") as out:
-        inherit = env.get("WARREN_LOG_STDERR") == "1"  # foreground: our stdout/stderr
-        proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=None if inherit else out,
-                                stderr=None if inherit else subprocess.STDOUT, start_new_session=True)
-    with open(paths["agent_pid"], "w") as f:
-        f.write(str(proc.pid))
-    return proc.pid
+def _children(name: str, args, paths: dict[str, str], lease: int, ipv4: str | None,
+              foreground: bool) -> list[Child]:
+    """What the supervisor runs: the node agent and the plugin server."""
+    agent = [sys.executable, "-m", "ctl.agent", "--node", name, "--lease", str(lease),
+             "--run-dir", paths["run"], "--log-dir", paths["logs"]] + (["--no-bgp"] if args.no_bgp else [])
+    agent += ["--ip", ipv4] if ipv4 else []
+    return [Child("agent", agent, paths["agent_pid"], AGENT_MARK.decode(),
+                  out=None if foreground else paths["agent_out"], group_file=paths["groups"]),
+            Child("plugin", server.server_argv(args.socket, paths["pid"], paths["log"]), paths["pid"],
+                  PLUGIN_MARK.decode(), out=None if foreground else paths["log"], socket=args.socket,
+                  writes_pidfile=True)]
 
 
 def _underlay(ipv4: str | None) -> tuple[str | None, str | None]:
@@ -186,24 +196,44 @@ def _env(name: str, args, ctx, iface: str | None) -> dict[str, str]:
 def node_start(args, ctx) -> int:
     name = args.name or ctx.host
     paths = _paths(name)
+    warn_plaintext_etcd(ctx.store.config)
     ipv4, iface = _underlay(args.ip)
     check_free(ctx.store, Node(name=name, ipv4=ipv4))  # before anything: the name may be another's
-    if _running_pid(paths["pid"]):
-        if _running_pid(paths["agent_pid"], AGENT_MARK) or args.foreground:
-            raise NodeError(f"node {name} is already running (pid file {paths['pid']})")
-        # the plugin serves but the node agent died: start the agent alone (it resyncs)
-        lease = claim(ctx.store, Node(name=name, ipv4=ipv4))
-        pid = _start_agent(name, paths, _env(name, args, ctx, iface), bgp=not args.no_bgp,
-                           lease=lease, ipv4=ipv4)
-        print(f"Node {name} is running; restarted its agent (pid {pid}), log {paths['logs']}/agent.log")
+    supervisor = _running_pid(paths["supervisor_pid"], SUPERVISOR_MARKS)
+    plugin, agent = _running_pid(paths["pid"], PLUGIN_MARK), _running_pid(paths["agent_pid"], AGENT_MARK)
+    if supervisor:
+        if args.foreground or (plugin and agent):
+            raise NodeError(f"node {name} is already running (pid file {paths['supervisor_pid']})")
+        missing = " and ".join(n for n, pid in (("plugin server", plugin), ("agent", agent)) if not pid)
+        os.kill(supervisor, signal.SIGUSR1)  # start what is missing now, whatever its backoff
+        if not plugin:
+            _wait_plugin(args.socket, paths,
+                         lambda: bool(_running_pid(paths["supervisor_pid"], SUPERVISOR_MARKS)))
+        print(f"Node {name} is running; its supervisor (pid {supervisor}) restarted the {missing}")
         return 0
+    if plugin or agent:  # the supervisor was killed; the node serves on: adopt, start what is missing
+        return _resume(name, args, ctx, paths, ipv4, iface, plugin, agent)
     lease = claim(ctx.store, Node(name=name, ipv4=ipv4))  # refuses a name another live node holds
     try:
         return _start(name, args, ctx, paths, ipv4, iface, lease)
     except BaseException:
+        _stop(paths["supervisor_pid"], SUPERVISOR_MARKS)
         _stop(paths["agent_pid"], AGENT_MARK)  # it would keep the name alive
         release(ctx.store, name, lease)
         raise
+
+
+def _resume(name: str, args, ctx, paths: dict[str, str], ipv4: str | None, iface: str | None,
+            plugin: int | None, agent: int | None) -> int:
+    """A supervisor for node processes that outlived theirs: nothing running is stopped
+    (stopping the agent would withdraw this host's routes)."""
+    lease = 0 if agent else claim(ctx.store, Node(name=name, ipv4=ipv4))  # 0: the agent claims again
+    children = _children(name, args, paths, lease, ipv4, args.foreground)
+    env = _env(name, args, ctx, iface)
+    started = " and ".join(n for n, pid in (("plugin server", plugin), ("agent", agent)) if not pid)
+    print(f"Node {name}: adopting its running {'agent' if agent else 'plugin server'}"
+          + (f", starting the {started}" if started else ""), flush=True)
+    return _supervise(name, args, paths, children, env)
 
 
 def _start(name: str, args, ctx, paths: dict[str, str], ipv4: str | None, iface: str | None,
@@ -231,99 +261,93 @@ def _start(name: str, args, ctx, paths: dict[str, str], ipv4: str | None, iface:
     if os.path.exists(paths["pid"]):
         os.unlink(paths["pid"])  # stale (checked above)
     env = _env(name, args, ctx, iface)
-    argv = server.server_argv(args.socket, paths["pid"], paths["log"])
-    _stop(paths["agent_pid"], AGENT_MARK)  # an agent left from a killed node
+    stop_groups(paths["groups"])  # what a killed node left (an orphaned ExaBGP holds port 179)
     shutil.rmtree(env[MULTIPROC_ENV], ignore_errors=True)  # counters start again with the node
     os.makedirs(env[MULTIPROC_ENV], mode=0o700)
+    return _supervise(name, args, paths, _children(name, args, paths, lease, ipv4, args.foreground), env)
+
+
+def _supervise(name: str, args, paths: dict[str, str], children: list[Child], env: dict[str, str]) -> int:
+    """Run the supervisor: in this process (``--foreground``) or detached; wait for the socket."""
+    for d in (paths["run"], paths["logs"]):
+        os.makedirs(d, mode=0o700, exist_ok=True)
     if args.foreground:
-        env["WARREN_LOG_STDERR"] = "1"  # the agent logs to its file and to our stderr
-    _start_agent(name, paths, env, bgp=not args.no_bgp, lease=lease, ipv4=ipv4)
-    if args.foreground:
-        return _foreground(name, paths, argv, env,
-                           lambda: _start_agent(name, paths, env, bgp=not args.no_bgp, ipv4=ipv4,
-                                                lease=claim(ctx.store, Node(name=name, ipv4=ipv4))))
-    with open(paths["log"], "ab") as log:
-        proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=log,
+        env["WARREN_LOG_STDERR"] = "1"  # the node's processes log to their files and to our stderr
+        return _foreground(paths, children, env)
+    write_spec(paths["spec"], children)
+    argv = [sys.executable, "-m", "ctl.supervisor", paths["spec"], "--pid", paths["supervisor_pid"],
+            "--log", paths["supervisor_log"]]
+    with open(paths["supervisor_log"], "ab") as out:
+        proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        server.wait_ready(args.socket, alive=lambda: proc.poll() is None)
-    except RuntimeError as exc:
-        if proc.poll() is None:
-            proc.terminate()
-        raise NodeError(f"{exc}; see {paths['log']}") from None
-    print(f"Node {name} started: plugin on {args.socket} (pid {proc.pid}), log {paths['log']}")
+    _wait_plugin(args.socket, paths, lambda: proc.poll() is None)
+    print(f"Node {name} started: plugin on {args.socket} (pid {_running_pid(paths['pid'])}, "
+          f"supervisor pid {proc.pid}), log {paths['log']}")
     return 0
 
 
-def _foreground(name: str, paths: dict[str, str], argv: list[str], env: dict[str, str],
-                restart_agent) -> int:
-    """``node start --foreground``: stay PID 1 (of a container, a plugin, a systemd unit).
-
-    Runs the plugin server as a child and watches both node processes: a
-    dead agent is restarted (with backoff); a dead server ends the node
-    (exit 1: the container or unit restarts). SIGTERM/SIGINT stop it as
-    ``node stop`` does: the agent first (peers withdraw our routes, the
-    liveness lease goes), then the server.
-    """
-    stopping: list[int] = []
-    signal.signal(signal.SIGTERM, lambda signum, _: stopping.append(signum))
-    signal.signal(signal.SIGINT, lambda signum, _: stopping.append(signum))
-    server_proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL)
-    socket_path = env["WARREN_PLUGIN_SOCKET"]
+def _wait_plugin(socket_path: str, paths: dict[str, str], alive) -> None:
     try:
-        server.wait_ready(socket_path, alive=lambda: server_proc.poll() is None and not stopping)
-        _sd_notify("READY=1")  # a Type=notify unit: docker.service may start now
+        server.wait_ready(socket_path, alive=alive, timeout=30.0)
     except RuntimeError as exc:
-        print(f"warren-node {name}: {exc}", file=sys.stderr, flush=True)
-    backoff, next_check = 1.0, time.monotonic() + 1.0
-    while server_proc.poll() is None and not stopping:
-        time.sleep(0.2)
-        reap_orphans(keep=server_proc.pid)
-        if time.monotonic() < next_check:
-            continue
-        next_check = time.monotonic() + 1.0
-        if _running_pid(paths["agent_pid"], AGENT_MARK):
-            continue
-        print(f"warren-node {name}: the node agent died; restarting it", file=sys.stderr, flush=True)
-        try:
-            restart_agent()
-            backoff = 1.0
-        except Exception as exc:  # etcd down, name taken...: try again later
-            print(f"warren-node {name}: cannot restart the agent: {exc}", file=sys.stderr, flush=True)
-            backoff = min(backoff * 2, 30.0)
-            next_check = time.monotonic() + backoff
-    _stop(paths["agent_pid"], AGENT_MARK)
-    if server_proc.poll() is None:
-        server_proc.terminate()
-        try:
-            server_proc.wait(15)
-        except subprocess.TimeoutExpired:
-            server_proc.kill()
-            server_proc.wait()
-    if stopping:
-        return 0
-    print(f"warren-node {name}: the plugin server exited with {server_proc.returncode}", file=sys.stderr)
-    return 1
+        raise NodeError(f"{exc}; see {paths['log']} and {paths['supervisor_log']}") from None
 
 
-def reap_orphans(keep: int) -> list[int]:
-    """Reap every exited child except ``keep`` (which its Popen waits for); return their pids.
+def _foreground(paths: dict[str, str], children: list[Child], env: dict[str, str]) -> int:
+    """``node start --foreground``: stay the main process (of a container, a plugin, a systemd unit).
 
-    As PID 1 of a container we inherit every orphan: an ExaBGP whose agent was
-    killed, a restarted agent's predecessor. Nobody else waits for them, so
-    without this they stay zombies. ``WNOWAIT`` peeks first, so ``keep``'s
-    exit status is left for ``server_proc.poll()``.
+    Runs :class:`ctl.supervisor.Supervisor` here: each of the plugin server
+    and the agent is restarted alone when it dies (with backoff), and orphans
+    are reaped (PID 1). ``READY=1`` goes to systemd once the socket answers.
+    SIGTERM/SIGINT stop it as ``node stop`` does: the agent first (peers
+    withdraw our routes, the liveness lease goes), then the server; exit 0.
     """
-    reaped = []
-    while True:
+    _write_pid(paths["supervisor_pid"])
+    try:
+        return Supervisor(children, env=env).run(reap=True, on_ready=lambda: _sd_notify("READY=1"))
+    finally:
+        _remove_own_pid(paths["supervisor_pid"])
+
+
+def _write_pid(path: str) -> None:
+    with open(path, "w") as f:
+        f.write(f"{os.getpid()}\n")
+
+
+def _remove_own_pid(path: str) -> None:
+    try:
+        with open(path) as f:
+            if f.read().strip() == str(os.getpid()):
+                os.unlink(path)
+    except OSError:
+        pass
+
+
+def warn_plaintext_etcd(config) -> list[str]:
+    """One line on stderr when etcd is reached over plain HTTP at a non-loopback address:
+    anyone on that network (a workload, without the failsafe rules) can read and write Warren's
+    records. Returns the endpoints concerned."""
+    plain = plaintext_remote(config)
+    if plain:
+        print(f"warrenctl: warning: etcd at {', '.join(plain)} is plain HTTP off this host: anyone who "
+              "reaches it can rewrite the network; use https:// with WARREN_ETCD_CA, WARREN_ETCD_CERT "
+              "and WARREN_ETCD_KEY", file=sys.stderr, flush=True)
+    return plain
+
+
+def plaintext_remote(config) -> list[str]:
+    """The etcd endpoints of ``config`` (an EtcdConfig) that are http:// and not loopback."""
+    found = []
+    for endpoint in config.endpoints:
+        if endpoint.scheme != "http":
+            continue
         try:
-            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        except ChildProcessError:  # no children at all
-            return reaped
-        if info is None or info.si_pid == keep:
-            return reaped
-        os.waitpid(info.si_pid, 0)
-        reaped.append(info.si_pid)
+            loopback = ipaddress.ip_address(endpoint.host).is_loopback
+        except ValueError:
+            loopback = endpoint.host == "localhost"
+        if not loopback:
+            found.append(endpoint.url)
+    return found
 
 
 def _sd_notify(state: str) -> None:
@@ -341,11 +365,15 @@ def _sd_notify(state: str) -> None:
 
 
 def node_stop(args, ctx) -> int:
+    """Stop the supervisor (it stops the agent, then the server), then whatever it did not:
+    node processes it never adopted, and what killed agents left in their recorded groups."""
     name = args.name or ctx.host
     paths = _paths(name)
+    supervisor = _stop(paths["supervisor_pid"], SUPERVISOR_MARKS, timeout=40.0)
     agent = _stop(paths["agent_pid"], AGENT_MARK)  # first: peers withdraw our routes at once
+    left = stop_groups(paths["groups"])
     plugin = _stop(paths["pid"], PLUGIN_MARK)
-    print(f"Node {name} stopped" if agent or plugin else f"Node {name} is not running")
+    print(f"Node {name} stopped" if supervisor or agent or plugin or left else f"Node {name} is not running")
     return 0
 
 

@@ -88,16 +88,32 @@ def test_node_start_serves_and_survives_kill(host, tmp_path):
     forward = sh(ns, "iptables", "-S", "FORWARD").stdout
     assert "-A FORWARD -j WARREN-FORWARD" in forward
 
-    # kill -9 the whole plugin: the dataplane stays; an orphan veth appears meanwhile
+    # kill -9 the plugin server: its supervisor starts it again alone; the agent is not touched
     master, workers = plugin_pids(tmp_path)
+    agent = int((tmp_path / "run" / "t1" / "agent.pid").read_text())
     for pid in [master, *workers]:
         os.kill(pid, signal.SIGKILL)
-    sh(ns, "ip", "route", "del", "10.20.10.0/24", check=False)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if int((tmp_path / "run" / "t1" / "plugin.pid").read_text()) != master and ok(sock, "Plugin.Activate"):
+                break
+        except (OSError, ValueError, AssertionError):
+            pass
+        assert time.monotonic() < deadline, "the plugin server was not restarted"
+        time.sleep(0.1)
+    assert int((tmp_path / "run" / "t1" / "agent.pid").read_text()) == agent and _live(agent)
+    again = warrenctl(ns, env, "node", "start", "--name", "t1", "--socket", sock, check=False)
+    assert again.returncode == 1 and "already running" in again.stderr
+
+    # a full start after a stop: the dataplane stays without the node; lost routes, an orphan veth
+    warrenctl(ns, env, "node", "stop", "--name", "t1")
+    assert not _live(agent)
     route = sh(ns, "ip", "route", "show", "proto", "80").stdout
     sh(ns, "ip", "route", "flush", "proto", "80")           # simulate lost routes
     sh(ns, "ip", "link", "add", "wrnorphan0000", "type", "veth", "peer", "name", "tmporphan0000")
     assert ifname in sh(ns, "ip", "-o", "link").stdout      # still there without the plugin
-    warrenctl(ns, env, "node", "start", "--name", "t1", "--socket", sock)  # stale socket replaced
+    warrenctl(ns, env, "node", "start", "--name", "t1", "--socket", sock)
     links = sh(ns, "ip", "-o", "link").stdout
     assert "wrnorphan0000" not in links and ifname in links  # orphan swept, workload kept
     assert sh(ns, "ip", "route", "show", "proto", "80").stdout == route  # routes restored
