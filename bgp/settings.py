@@ -97,7 +97,8 @@ def make_peer(address: str, as_number: int, password: str | None = None) -> Peer
     return PeerRecord(address, check_as(as_number), password)
 
 
-def load_settings(store: Datastore, fallback: BgpSettings | None = None) -> BgpSettings:
+def load_settings(store: Datastore, fallback: BgpSettings | None = None,
+                  invalid: list[str] | None = None) -> BgpSettings:
     """The cluster settings; an invalid record is reported and read as ``fallback``
     (the caller's last good settings) or the defaults."""
     kv = store.get(keys.BGP_CONFIG)
@@ -107,6 +108,8 @@ def load_settings(store: Datastore, fallback: BgpSettings | None = None) -> BgpS
         return codec.loads(BgpSettings, kv.value, kv.key)
     except codec.InvalidRecord as exc:
         codec.skipped(exc, kv.mod_revision)
+        if invalid is not None:
+            invalid.append(f"{exc}; using {'the last valid settings' if fallback else 'the defaults'}")
         return fallback or BgpSettings()
 
 
@@ -115,15 +118,29 @@ def save_settings(store: Datastore, settings: BgpSettings) -> None:
     store.put(keys.BGP_CONFIG, codec.dumps(settings))
 
 
-def registered_nodes(store: Datastore) -> list[Node]:
+def _load_valid(cls, kvs, invalid: list[str] | None) -> list:
+    """The valid records among ``kvs``; each invalid one is counted (codec) and, if
+    ``invalid`` is given, described there."""
+    out = []
+    for kv in kvs:
+        try:
+            out.append(codec.loads(cls, kv.value, kv.key))
+        except codec.InvalidRecord as exc:
+            codec.skipped(exc, kv.mod_revision)
+            if invalid is not None:
+                invalid.append(str(exc))
+    return out
+
+
+def registered_nodes(store: Datastore, invalid: list[str] | None = None) -> list[Node]:
     """The node registry; invalid node records are skipped (and counted)."""
-    return sorted(codec.load_all(Node, store.get_prefix(keys.NODES)), key=lambda n: n.name)
+    return sorted(_load_valid(Node, store.get_prefix(keys.NODES), invalid), key=lambda n: n.name)
 
 
-def peers(store: Datastore, node: str | None = None) -> list[PeerRecord]:
+def peers(store: Datastore, node: str | None = None, invalid: list[str] | None = None) -> list[PeerRecord]:
     """Global peers (or ``node``'s own); invalid records are skipped (and counted)."""
     prefix = keys.BGP_PEERS if node is None else keys.node_bgp_peers(node)
-    records = codec.load_all(PeerRecord, store.get_prefix(prefix))
+    records = _load_valid(PeerRecord, store.get_prefix(prefix), invalid)
     return sorted(records, key=lambda p: (ipaddress.ip_address(p.address).version,
                                           ipaddress.ip_address(p.address)))
 
