@@ -1,15 +1,31 @@
-"""``warrenctl ipam show|info|release``."""
+"""``warrenctl ipam show|info|release|check``.
+
+``check`` does not trust the endpoint records: this host's records are
+compared with dockerd's view (:func:`plugin.janitor.docker_view`, the
+janitor's own rule, :func:`plugin.janitor.plan`), and a record no container
+owns, older than ``--grace``, is an ``orphan-endpoint``; ``--repair``
+removes it with its gateway slot and addresses (:func:`plugin.janitor.forget`,
+as the janitor does; its interface goes at the plugin's next round). Records
+of other hosts are trusted (only their own dockerd can judge them: run
+``check`` there, or let their janitors do it). If dockerd does not answer,
+this host's records are trusted too and a note says so.
+"""
 from __future__ import annotations
 
 import argparse
 from collections import defaultdict
 
+import time
+
 from datastore import codec, keys
 from ipam import Allocator, InvalidRequest
+from ipam.blocks import Block
 from ipam.check import check, repair
 from ipam.inventory import address_info, list_blocks
 
 from plugin.ipamdriver import PURPOSE
+from plugin.janitor import docker_view, forget, holdings, plan
+from plugin.names import DockerError
 from plugin.records import Endpoint, Network
 
 from .output import as_json, table
@@ -33,8 +49,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     release.add_argument("ip", metavar="IP")
     release.set_defaults(func=ipam_release)
 
-    check = verbs.add_parser("check", help="find addresses whose Docker endpoint is gone")
-    check.add_argument("--repair", action="store_true", help="release them and fix the index")
+    check = verbs.add_parser("check", help="find addresses and endpoints no container owns")
+    check.add_argument("--repair", action="store_true",
+                       help="remove those endpoints, release those addresses, fix the index")
     check.add_argument("--grace", type=float, default=60.0, metavar="SECONDS",
                        help="spare allocations younger than this (default 60)")
     check.set_defaults(func=ipam_check)
@@ -95,20 +112,45 @@ def ipam_release(args, ctx) -> int:
     return 0
 
 
+def orphans(ctx, endpoints: list[Endpoint], aux: set[str], grace: float) -> tuple[list[Endpoint], str]:
+    """This host's endpoint records no container owns in dockerd's view (past ``grace``),
+    and a note when dockerd could not be asked."""
+    mine = {e.network for e in endpoints if e.host == ctx.host and e.network}
+    if not any(e.host == ctx.host for e in endpoints):
+        return [], ""
+    try:
+        view = docker_view(mine)
+    except DockerError as exc:
+        return [], (f"note: {exc}; the endpoint records of host {ctx.host} were not compared "
+                    "with dockerd")
+    held = holdings(codec.load_all(Block, ctx.store.get_prefix(keys.BLOCKS)))
+    return plan(ctx.host, endpoints, view, held, aux, time.time(), grace).endpoints, ""
+
+
 def ipam_check(args, ctx) -> int:
-    live = {a for kv in ctx.store.get_prefix(keys.ENDPOINTS)
-            for a in codec.loads(Endpoint, kv.value).addresses}
-    live |= {a for kv in ctx.store.get_prefix(keys.NETWORKS)    # --aux-address reservations
-             for a in codec.loads(Network, kv.value).aux_addresses}
+    endpoints = codec.load_all(Endpoint, ctx.store.get_prefix(keys.ENDPOINTS))
+    aux = {a for n in codec.load_all(Network, ctx.store.get_prefix(keys.NETWORKS))  # --aux-address
+           for a in n.aux_addresses}
+    lost, note = orphans(ctx, endpoints, aux, args.grace)
+    if note:
+        print(note)
+    live = {a for e in endpoints for a in e.addresses} | aux  # an orphan's addresses: with it
     findings = check(ctx.store, live, PURPOSE, grace=args.grace)
-    if not findings:
-        print("IPAM is consistent: every Docker address belongs to an endpoint or an --aux-address")
+    if not findings and not lost:
+        print("IPAM is consistent: every Docker address belongs to an endpoint or an --aux-address"
+              + ("" if note else ", and dockerd owns every endpoint of this host"))
         return 0
     table(["Problem", "Address", "Handle", "Block"],
-          [(f.kind, f.address, f.handle, f.block or "-") for f in findings])
+          [("orphan-endpoint", ",".join(e.addresses) or "-", f"endpoint {e.id[:12]}", "-")
+           for e in lost]
+          + [(f.kind, f.address, f.handle, f.block or "-") for f in findings])
+    total = len(findings) + len(lost)
     if args.repair:
-        fixed = repair(ctx.store, ctx.host, findings)
-        print(f"Repaired {fixed} of {len(findings)}")
+        allocator = Allocator(ctx.store, ctx.host)
+        for e in lost:
+            forget(ctx.store, e, allocator)
+        fixed = len(lost) + repair(ctx.store, ctx.host, findings)
+        print(f"Repaired {fixed} of {total}")
         return 0
-    print(f"{len(findings)} problem(s); run 'warrenctl ipam check --repair' to fix them")
+    print(f"{total} problem(s); run 'warrenctl ipam check --repair' to fix them")
     return 1
