@@ -102,6 +102,16 @@ def _sandbox_slot(key: str, value: bytes) -> None:
     keys.segment(value.decode(), "endpoint id")
 
 
+def _sessions(key: str, value: bytes) -> None:
+    """``status/<node>/bgp``: a list of SessionStatus, as ``bgp.settings.load_status`` reads it."""
+    from bgp import settings
+    record = codec.loads(getattr(settings, "_Sessions"), value, key)  # the record's own (private) class
+    if not isinstance(record.sessions, list):
+        raise ValueError("sessions is not a list")
+    for entry in record.sessions:
+        codec.loads(settings.SessionStatus, json.dumps(entry), key)
+
+
 def _kinds() -> list[Kind]:
     from bgp import settings
     from ipam.blocks import Block
@@ -110,7 +120,6 @@ def _kinds() -> list[Kind]:
     from ipam.pools import Pool
     from ipam.workloads import Endpoint, Network
     from profiles.model import Profile
-    sessions = getattr(settings, "_Sessions")  # the status record's own (private) class
     return [
         Kind("Pool", keys.POOLS, _record(Pool)),
         Kind("IpamConfig", keys.IPAM_CONFIG, _record(IpamConfig), exact=True),
@@ -125,7 +134,7 @@ def _kinds() -> list[Kind]:
         Kind("PeerRecord", keys.BGP_PEERS, _record(settings.PeerRecord, _last_segment_is("address"))),
         Kind("PeerRecord", keys.BGP + "nodes/", _record(settings.PeerRecord, _last_segment_is("address")),
              matches=lambda rest: rest.count("/") == 2 and rest.split("/")[1] == "peers"),
-        Kind("SessionStatus", keys.STATUS, _record(sessions), matches=lambda rest: rest.endswith("/bgp")),
+        Kind("SessionStatus", keys.STATUS, _sessions, matches=lambda rest: rest.endswith("/bgp")),
         Kind("Liveness", keys.STATUS, _record(Liveness), matches=lambda rest: rest.endswith("/alive")),
         Kind("Profile", keys.PROFILES, _record(Profile, _last_segment_is("name"))),
     ]

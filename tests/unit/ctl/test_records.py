@@ -74,6 +74,7 @@ BAD = {  # key -> (value, kind)
     keys.bgp_peer("198.19.0.7"): ({"address": "198.19.0.6", "as_number": 64513}, "PeerRecord"),
     keys.node_bgp_peer("h1", "198.19.0.5"): ({"address": "198.19.0.5"}, "PeerRecord"),
     keys.bgp_status("h2"): ({"sessions": 3}, "SessionStatus"),
+    keys.bgp_status("h3"): ({"sessions": [{"peer": 5, "state": "up", "since": 1}]}, "SessionStatus"),
     keys.node_alive("h2"): ({"name": "h2"}, "Liveness"),
     keys.profile("db"): ({"name": "web"}, "Profile"),
 }
