@@ -7,7 +7,9 @@
 * :mod:`datastore.wire`   - HTTP/1.1 to etcd's v3 JSON gateway: connection pools, TLS, streams
 * :mod:`datastore.gateway` - the gateway's JSON shapes <-> the neutral vocabulary of ops
 * :mod:`datastore.ops`    - the neutral vocabulary for transactions
-* :mod:`datastore.codec`  - dataclass <-> JSON
+* :mod:`datastore.codec`  - dataclass <-> JSON, every record checked where it is read and written
+* :mod:`datastore.fields` - the usual field checks of records' ``validate()``
+* :mod:`datastore.metrics` - ``warren_records_skipped_total``: invalid records a process skipped
 * :mod:`datastore.localetcd` - run a private etcd server (tests, labs, single-host nodes)
 """
 from .client import Datastore
