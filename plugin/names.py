@@ -91,9 +91,10 @@ def _request(path: str, timeout: float) -> tuple[int, bytes, int | None]:
     conn = _connection(timeout)
     try:
         conn.request("GET", path, headers={"Accept": "application/json"})
+        pid = _peer_pid(conn)  # now: a closing answer takes the socket away
         resp = conn.getresponse()
         body = resp.read()
-        return resp.status, body, _peer_pid(conn)
+        return resp.status, body, pid
     except (OSError, http.client.HTTPException) as exc:
         raise DockerError(f"dockerd does not answer: {exc or type(exc).__name__}") from None
     finally:

@@ -9,7 +9,7 @@ import pytest
 from datastore import codec, keys
 from plugin.containers import docker_lookup
 from plugin.errors import PluginError
-from plugin.names import DockerError, DockerNotFound, NameResolver, docker_get, network_name
+from plugin.names import DockerError, DockerNotFound, NameResolver, docker_get, docker_pid, network_name
 from plugin.records import Network
 from tests.support.unixhttp import UnixHTTPServer
 
@@ -56,6 +56,7 @@ ANSWERS = {
     "/containers/web/json": (200, {"Id": "c" * 64, "Name": "/web", "State": {"Pid": 4242}}),
     "/containers/stopped/json": (200, {"Id": "d" * 64, "Name": "/stopped", "State": {"Pid": 0}}),
     "/containers/broken/json": (500, {"message": "something broke\nsecond line"}),
+    "/version": (200, {"Version": "28.5.2"}),
 }
 
 
@@ -127,3 +128,12 @@ def test_resolver_uses_dockerd_by_default(store, fake_dockerd):
     assert NameResolver(store, timeout=5)._resolve(NET) == "frontend"
     assert codec.loads(Network, store.get(keys.network(NET)).value).name == "frontend"
     assert fake_dockerd.paths == [f"/networks/{NET}"]
+
+
+def test_docker_pid_is_the_sockets_peer(fake_dockerd, tmp_path, monkeypatch):
+    """The fake dockerd serves from this process: its pid is ours (SO_PEERCRED)."""
+    import os
+    assert docker_pid() == os.getpid()
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/missing.sock")
+    with pytest.raises(DockerError):
+        docker_pid(timeout=1)
