@@ -4,7 +4,9 @@ Docker POSTs JSON without a Content-Type (and an empty body for Activate and
 the capability calls), so bodies are parsed with ``force=True`` and an empty
 body counts as ``{}``. Each handler validates its request, calls one domain
 method (:mod:`plugin.networks`, :mod:`plugin.ipamdriver`) and returns its
-answer (:mod:`plugin.publishing` for -p). Every failure - for the NetworkDriver *and* the IpamDriver - is HTTP
+answer (:mod:`plugin.publishing` for -p). ``create_app`` wires the two drivers
+together: CreateNetwork accepts only pools IPAM has, CreateEndpoint only
+addresses IPAM holds (:mod:`plugin.networks`). Every failure - for the NetworkDriver *and* the IpamDriver - is HTTP
 500 with ``{"Err": "<one sentence>"}`` (a 200 with ``Err`` would look like
 success to dockerd's IPAM client); unknown URLs are 404, which dockerd reads
 as "not implemented".
@@ -96,6 +98,9 @@ def create_app(network: NetworkDriver, ipam: IpamDriver, scope: str = "local",
     app = Flask("warren")
     # the default pools are shared by every network made without --subnet: never routed per interface
     network.shared_pools = frozenset(ipam.default_pools.values())
+    # CreateNetwork names pools IPAM has; CreateEndpoint names addresses IPAM holds (issue 12)
+    network.pool_exists = lambda cidr: ipam.pools.get(cidr) is not None
+    network.address_proof = ipam.proof
     publishing = Publishing(network, network.ports)
     routes: dict[str, Callable[[dict], Any]] = {}
 

@@ -16,6 +16,13 @@
   (dockerd releases the pools of a ``docker network create`` the driver
   refused): it is removed again if no network record names it and it holds
   no address, so a refused create leaves nothing in etcd.
+* ``PoolID`` must be a strict CIDR and ``Address`` a plain address, else the
+  request is refused before IPAM is touched.
+* :meth:`IpamDriver.proof` tells the NetworkDriver which allocation holds an
+  address (handle index key and its revision), so CreateEndpoint can store
+  its record guarded by it. Its own fresh allocations are remembered (a
+  bounded map, :data:`ISSUED_KEPT` entries), so the common case - Docker's
+  CreateEndpoint right after our RequestAddress - asks etcd nothing more.
 """
 from __future__ import annotations
 
@@ -24,6 +31,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from datastore import codec, keys
@@ -43,6 +51,7 @@ ADDRESS_TYPE = "RequestAddressType"
 ENDPOINT_NAME = "com.docker.network.endpoint.name"  # Docker 29+: the container's name
 POOL_GATEWAY = {4: "169.254.1.1/32", 6: "fe80::ecee:eeff:feee:eeee/128"}
 VALID_POOL_OPTIONS = ("ipip", "vxlan", "nat-outgoing", "block-size")
+ISSUED_KEPT = 4096  # fresh allocations remembered for CreateEndpoint's guard
 ADDRESS_SPACES = {"LocalDefaultAddressSpace": "WarrenLocal",
                   "GlobalDefaultAddressSpace": "WarrenGlobal"}
 
@@ -79,6 +88,8 @@ class IpamDriver:
     default_pools: dict[int, str]
     _fresh: set[str] = field(default_factory=set)  # pools RequestPool made, no network yet
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    # address -> (handle index key, its mod revision) of allocations this driver made
+    _issued: OrderedDict = field(default_factory=OrderedDict)
 
     @property
     def pools(self) -> PoolStore:
@@ -124,8 +135,7 @@ class IpamDriver:
         if not fresh:
             return {}
         named = any(pool_id in n.pools_v4 + n.pools_v6
-                    for n in (codec.loads(Network, kv.value)
-                              for kv in self.pools.store.get_prefix(keys.NETWORKS)))
+                    for n in codec.load_all(Network, self.pools.store.get_prefix(keys.NETWORKS)))
         if not named:
             try:
                 self.pools.remove(pool_id)
@@ -148,6 +158,8 @@ class IpamDriver:
 
     def _request_address(self, pool_id: str, address: str, name: str) -> dict:
         net = parse_cidr(pool_id)
+        if address:
+            address = _plain_address(address)
         handle = f"docker-{uuid.uuid4().hex}"
         attrs = {"purpose": PURPOSE, "pool": pool_id, "since": str(int(time.time()))}
         if name:
@@ -159,10 +171,29 @@ class IpamDriver:
                 raise PluginError(f"{address} is not in pool {pool_id}")
         else:
             got = self.allocator.assign(handle, pool=pool_id, version=net.version, attrs=attrs)
+        if got.revision:
+            with self._lock:
+                self._issued[got.address] = (keys.handle(handle, got.address), got.revision)
+                self._issued.move_to_end(got.address)
+                while len(self._issued) > ISSUED_KEPT:
+                    self._issued.popitem(last=False)
         length = ipaddress.ip_address(got.address).max_prefixlen
         return {"Address": f"{got.address}/{length}", "Data": {}}
 
+    def proof(self, address: str, fresh: bool = False) -> tuple[str, int] | None:
+        """(handle index key, mod revision) of the allocation holding ``address``, None if IPAM
+        does not hold it; from memory unless ``fresh`` (a guard built on it fails if stale)."""
+        if not fresh:
+            with self._lock:
+                known = self._issued.get(address)
+            if known is not None:
+                return known
+        return self.allocator.proof(address)
+
     def release_address(self, pool_id: str, address: str) -> dict:
+        address = _plain_address(address)
+        with self._lock:
+            self._issued.pop(address, None)
         try:
             self.allocator.release(address)
         except Exception:
@@ -170,3 +201,10 @@ class IpamDriver:
             raise
         metrics.IPAM.labels("release", "ok").inc()
         return {}
+
+
+def _plain_address(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise PluginError(f"{text[:60]!r} is not an IP address") from None

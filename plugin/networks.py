@@ -29,6 +29,21 @@ only the network of Docker's gateway endpoint reaches it. ``DisableGatewayServic
 
 CreateNetwork's options are read by :mod:`plugin.netoptions`.
 
+Validation (issue 12: nothing Docker - or anyone who can reach the socket -
+sends is stored unchecked): CreateNetwork's IPAMData must carry a strict
+``Pool`` CIDR of the right family that exists in Warren IPAM; CreateEndpoint's
+``Address``/``AddressIPv6`` must parse, be of the field's family, lie in one of
+the network's pools and be **held by Warren IPAM** (Docker always asks our
+RequestAddress first). The record is written in one transaction guarded by the
+allocation's handle index key (``ModRevisionIs``, see
+:meth:`ipam.Allocator.proof`; the IPAM driver hands its own fresh allocations
+over, so this costs no extra round trip), so an endpoint record never names an
+address IPAM does not hold - which is what lets the allocator check records
+cheaply (:mod:`ipam.allocator`). A refused request stores nothing. Records are
+read through :mod:`datastore.codec`: an invalid network or endpoint record is
+refused with its one-line error, listings skip invalid records, and
+DeleteEndpoint deletes even an invalid record.
+
 Port publishing (ProgramExternalConnectivity and friends) is
 :mod:`plugin.publishing`; it reads and saves endpoints through this class.
 
@@ -57,6 +72,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from datastore import Datastore, codec, keys
+from datastore.codec import InvalidRecord
 from datastore.ops import Delete, Get, GetPrefix, ModRevisionIs, Put, UnchangedSince
 
 from . import netoptions
@@ -94,8 +110,37 @@ def aux_addresses(raw: object) -> list[str]:
         raise PluginError(f"invalid auxiliary address: {exc}") from None
 
 
-def _address(cidr: str | None) -> str | None:
-    return cidr.split("/")[0] if cidr else None
+def _pool_of_data(item: dict, version: int) -> str:
+    """IPAMData's ``Pool``: a strict CIDR of IP version ``version``."""
+    pool = item.get("Pool")
+    if not pool or not isinstance(pool, str):
+        raise PluginError(f"IPv{version}Data has no Pool: create the network with --ipam-driver warren")
+    try:
+        net = ipaddress.ip_network(pool, strict=True)
+    except ValueError:
+        raise PluginError(f"IPv{version}Data Pool {pool[:60]!r} is not a subnet") from None
+    if net.version != version:
+        raise PluginError(f"IPv{version}Data Pool {net} is not an IPv{version} subnet")
+    return str(net)
+
+
+def endpoint_address(value: object, field_name: str, version: int, pools: list[str]) -> str | None:
+    """CreateEndpoint's ``Address``/``AddressIPv6`` (``ip/len``) -> the plain address, checked to
+    be of IP ``version`` and inside one of the network's ``pools``; None when not given."""
+    if not value:
+        return None
+    if not isinstance(value, str):
+        raise PluginError(f"{field_name} must be a string")
+    try:
+        ip = ipaddress.ip_interface(value).ip
+    except ValueError:
+        raise PluginError(f"{field_name} {value[:60]!r} is not an address") from None
+    if ip.version != version:
+        raise PluginError(f"{field_name} {ip} is not an IPv{version} address")
+    if not any(ip in ipaddress.ip_network(p) for p in pools):
+        raise PluginError(f"{field_name} {ip} is not in the network's pools "
+                          f"({', '.join(pools) or 'none'}): use --ipam-driver warren")
+    return str(ip)
 
 
 @dataclass
@@ -108,6 +153,10 @@ class NetworkDriver:
     ports: PortPublisher | None = None  # owner of the -p DNAT rules (None: -p unsupported)
     names: NameResolver | None = None   # learns Docker's network names in the background
     shared_pools: frozenset[str] = frozenset()  # never routed per interface (the default pools)
+    pool_exists: Callable[[str], bool] | None = None  # IPAM knows the pool (None: not checked)
+    # (handle key, mod revision) of the IPAM allocation holding an address, None if none;
+    # fresh=True skips the IPAM driver's memory of its own allocations (None: not checked)
+    address_proof: Callable[..., tuple[str, int] | None] | None = None
     clock: Callable[[], float] = time.monotonic
     _networks: dict[str, Network] = field(default_factory=dict)
     _encaps: dict[str, str] = field(default_factory=dict)  # network id -> its pools' worst encapsulation
@@ -126,10 +175,14 @@ class NetworkDriver:
         aux: list[str] = []
         for version, data in ((4, ipv4), (6, ipv6)):
             for item in data or []:
+                pool = _pool_of_data(item, version)
                 if item.get("Gateway") != POOL_GATEWAY[version]:
                     raise PluginError("warren networks need the warren IPAM driver: "
                                       "use --ipam-driver warren")
-                pools[version].append(item["Pool"])
+                if self.pool_exists is not None and not self.pool_exists(pool):
+                    raise PluginError(f"pool {pool} is not a warren pool: create the network with "
+                                      "--ipam-driver warren")
+                pools[version].append(pool)
                 aux += aux_addresses(item.get("AuxAddresses"))
         if not pools[4] and not pools[6]:
             raise PluginError("a warren network needs an IPv4 or an IPv6 subnet")
@@ -164,7 +217,7 @@ class NetworkDriver:
         if kv is None:
             raise PluginError(f"network {network_id[:12]} is unknown to warren "
                               "(was it created while etcd was unreachable?)")
-        network = codec.loads(Network, kv.value)
+        network = codec.loads(Network, kv.value, kv.key)  # invalid: refused with its one-line error
         self._networks[network_id] = network
         return network
 
@@ -173,7 +226,8 @@ class NetworkDriver:
     def create_endpoint(self, network_id: str, endpoint_id: str, interface: dict,
                         options: dict) -> dict:
         network = self.network(network_id)
-        v4, v6 = _address(interface.get("Address")), _address(interface.get("AddressIPv6"))
+        v4 = endpoint_address(interface.get("Address"), "Address", 4, network.pools_v4)
+        v6 = endpoint_address(interface.get("AddressIPv6"), "AddressIPv6", 6, network.pools_v6)
         if not v4 and not v6:
             raise PluginError("the endpoint has no address: use --ipam-driver warren")
         given_mac = interface.get("MacAddress") or ""
@@ -181,8 +235,33 @@ class NetworkDriver:
         endpoint = Endpoint(id=endpoint_id, network=network_id, host=self.host,
                             ipv4=[v4] if v4 else [], ipv6=[v6] if v6 else [],
                             mac=given_mac or mac_for(endpoint_id), mtu=mtu)
-        self.save(endpoint)
+        try:
+            endpoint.validate()  # e.g. the MAC Docker passed
+        except ValueError as exc:
+            raise PluginError(f"invalid endpoint: {exc}") from None
+        self._save_held(endpoint)
         return {} if given_mac else {"Interface": {"MacAddress": endpoint.mac}}
+
+    def _save_held(self, endpoint: Endpoint) -> None:
+        """Write a new endpoint record only while IPAM holds each of its addresses: one
+        transaction guarded by the allocations' handle index keys (see the module docstring)."""
+        if self.address_proof is None:
+            self.save(endpoint)
+            return
+        key = keys.endpoint(self.host, endpoint.id)
+        for fresh in (False, True):
+            guards = []
+            for address in endpoint.addresses:
+                proof = self.address_proof(address, fresh=fresh)
+                if proof is None:
+                    raise PluginError(f"{address} is not allocated by warren IPAM (released, or "
+                                      "not from --ipam-driver warren)")
+                guards.append(ModRevisionIs(*proof))
+            result = self.store.txn(guards, [Put(key, codec.dumps(endpoint))])
+            if result.succeeded:
+                self._records[endpoint.id] = (endpoint, result.revision)
+                return
+        raise PluginError(f"the addresses of endpoint {endpoint.id[:12]} keep changing in IPAM; try again")
 
     def _derived_mtu(self, network: Network) -> int:
         """The workload MTU of a network without ``mtu=``: the underlay's minus its pools' worst
@@ -216,7 +295,7 @@ class NetworkDriver:
         kv = self.store.get(keys.endpoint(self.host, endpoint_id))
         if kv is None:
             raise PluginError(f"endpoint {endpoint_id[:12]} does not exist on host {self.host}")
-        return codec.loads(Endpoint, kv.value)
+        return codec.loads(Endpoint, kv.value, kv.key)  # invalid: refused with its one-line error
 
     def save(self, endpoint: Endpoint) -> int:
         """Write the record (unguarded: the caller just read it); returns the write's revision."""
@@ -233,7 +312,7 @@ class NetworkDriver:
         kv = self.store.get(keys.endpoint(self.host, endpoint_id))
         if kv is None:
             raise PluginError(f"endpoint {endpoint_id[:12]} does not exist on host {self.host}")
-        return codec.loads(Endpoint, kv.value), kv.mod_revision
+        return codec.loads(Endpoint, kv.value, kv.key), kv.mod_revision
 
     def _guarded_update(self, endpoint_id: str, change: Callable[[Endpoint], Endpoint],
                         extra: Callable[[Endpoint], list] = lambda e: []) -> Endpoint | None:
@@ -256,7 +335,7 @@ class NetworkDriver:
             if kv is None:
                 self._records.pop(endpoint_id, None)
                 return None
-            endpoint, revision = codec.loads(Endpoint, kv.value), kv.mod_revision
+            endpoint, revision = codec.loads(Endpoint, kv.value, kv.key), kv.mod_revision
         raise PluginError(f"endpoint {endpoint_id[:12]} keeps changing; try again")
 
     def delete_endpoint(self, endpoint_id: str) -> None:
@@ -269,6 +348,10 @@ class NetworkDriver:
             endpoint = self.endpoint(endpoint_id)
         except PluginError:
             return  # already deleted: idempotent
+        except InvalidRecord as exc:  # unreadable: it goes all the same (its slot cannot be known)
+            log.warning("deleting endpoint %s: %s", endpoint_id[:12], exc)
+            self.store.delete(keys.endpoint(self.host, endpoint_id))
+            return
         self._release_slot(endpoint)
         self.store.delete(keys.endpoint(self.host, endpoint_id))
         self._records.pop(endpoint_id, None)  # a concurrent write may have kept it again
@@ -276,8 +359,7 @@ class NetworkDriver:
             self.ports.sync(self.local_endpoints())
 
     def local_endpoints(self) -> list[Endpoint]:
-        return [codec.loads(Endpoint, kv.value)
-                for kv in self.store.get_prefix(keys.endpoint_prefix(self.host))]
+        return codec.load_all(Endpoint, self.store.get_prefix(keys.endpoint_prefix(self.host)))
 
     # -- join / leave ---------------------------------------------------------
 
@@ -336,8 +418,13 @@ class NetworkDriver:
             if kv is None:
                 self._records.pop(endpoint_id, None)
                 raise PluginError(f"endpoint {endpoint_id[:12]} does not exist on host {self.host}")
-            endpoint, revision = codec.loads(Endpoint, kv.value), kv.mod_revision
-            held = {int(keys.last_segment(s.key)): s.value.decode() for s in slots}
+            endpoint, revision = codec.loads(Endpoint, kv.value, kv.key), kv.mod_revision
+            held = {}
+            for s in slots:
+                try:
+                    held[int(keys.last_segment(s.key))] = s.value.decode()
+                except (ValueError, UnicodeDecodeError):  # not a slot number: holds no slot
+                    continue
             listed = result.revision
         raise PluginError("could not pick a gateway for this container; try again")
 
@@ -354,10 +441,9 @@ class NetworkDriver:
         """The pools of the networks of the container's other warren interfaces."""
         pools: set[str] = set()
         for other in endpoint_ids:
-            kv = self.store.get(keys.endpoint(self.host, other))
-            if kv is None:
+            theirs = codec.load_one(Endpoint, self.store.get(keys.endpoint(self.host, other)))
+            if theirs is None:  # gone, or invalid (skipped and counted)
                 continue
-            theirs = codec.loads(Endpoint, kv.value)
             try:
                 net = self.network(theirs.network) if theirs.network else None
             except PluginError:  # its network is gone: it routes nothing of ours

@@ -1,6 +1,7 @@
 """Every Docker endpoint through Flask's test client, on a real etcd with a fake dataplane."""
 from __future__ import annotations
 
+import ipaddress
 import json
 
 import pytest
@@ -65,6 +66,14 @@ def drivers(monkeypatch):
     return made
 
 
+STORE: list = [None]  # the test's store, for create_endpoint
+
+
+@pytest.fixture(autouse=True)
+def _remember_store(store):
+    STORE[0] = store
+
+
 @pytest.fixture
 def client(store, dataplane, drivers):
     app = build(PluginConfig(host="host1"), store, dataplane)
@@ -109,6 +118,20 @@ def make_network(client, subnet="10.20.10.0/24", options=None, v6=None):
         "com.docker.network.generic": {}, "com.docker.network.enable_ipv6": bool(v6)},
         "IPv4Data": v4, "IPv6Data": v6data})
     return pool
+
+
+def create_endpoint(client, body):
+    """What dockerd does for ``docker run``: RequestAddress for each address, then CreateEndpoint
+    (CreateEndpoint refuses an address IPAM does not hold)."""
+    for field, v6 in (("Address", False), ("AddressIPv6", True)):
+        address = (body.get("Interface") or {}).get(field)
+        if address:
+            ip = ipaddress.ip_interface(address).ip
+            if address_info(STORE[0], str(ip)).allocation is not None:
+                continue  # requested already
+            pool = next(p.cidr for p in PoolStore(STORE[0]).list() if ip in p.network)
+            ok(client, "IpamDriver.RequestAddress", {"PoolID": pool, "Address": str(ip)})
+    return ok(client, "NetworkDriver.CreateEndpoint", body)
 
 
 def test_activate_and_capabilities_with_empty_bodies(client):
@@ -267,7 +290,7 @@ def test_internal_network_is_stored_and_gets_no_default_route(client, store, dat
         {"Pool": pool["Pool"], "Gateway": "169.254.1.1/32"}], "Options": {
         "com.docker.network.internal": True, "com.docker.network.enable_ipv4": True}})
     assert network_record(store).internal is True
-    ok(client, "NetworkDriver.CreateEndpoint", {"NetworkID": NET, "EndpointID": EP,
+    create_endpoint(client, {"NetworkID": NET, "EndpointID": EP,
                                                 "Interface": {"Address": "10.20.10.9/32"}})
     joined = ok(client, "NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP, "SandboxKey": "/x"})
     assert "Gateway" not in joined and "GatewayIPv6" not in joined
@@ -288,7 +311,7 @@ def test_internal_network_is_stored_and_gets_no_default_route(client, store, dat
 def test_endpoint_lifecycle(client, store, dataplane, drivers):
     make_network(client)
     address = ok(client, "IpamDriver.RequestAddress", {"PoolID": "10.20.10.0/24"})["Address"]
-    created = ok(client, "NetworkDriver.CreateEndpoint", {
+    created = create_endpoint(client, {
         "NetworkID": NET, "EndpointID": EP, "Interface": {"Address": address}, "Options": {}})
     mac = created["Interface"]["MacAddress"]
     assert set(created["Interface"]) == {"MacAddress"}  # never echo what Docker supplied
@@ -314,7 +337,7 @@ def test_endpoint_lifecycle(client, store, dataplane, drivers):
 
 def test_user_mac_is_respected_and_not_echoed(client, dataplane):
     make_network(client)
-    answer = ok(client, "NetworkDriver.CreateEndpoint", {
+    answer = create_endpoint(client, {
         "NetworkID": NET, "EndpointID": EP,
         "Interface": {"Address": "10.20.10.9/32", "MacAddress": "02:42:ac:11:00:09"}})
     assert answer == {}
@@ -324,7 +347,7 @@ def test_user_mac_is_respected_and_not_echoed(client, dataplane):
 
 def test_mtu_option_and_encapsulation(client, dataplane):
     make_network(client, options={"vxlan": "true"})
-    ok(client, "NetworkDriver.CreateEndpoint", {"NetworkID": NET, "EndpointID": EP,
+    create_endpoint(client, {"NetworkID": NET, "EndpointID": EP,
                                                 "Interface": {"Address": "10.20.10.9/32"}})
     ok(client, "NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP, "SandboxKey": "/x"})
     assert dataplane.workloads[EP]["mtu"] == 1450  # underlay 1500 - vxlan 50
@@ -339,7 +362,7 @@ def test_derived_mtu_reads_the_pools_once_per_network_and_the_underlay_again_aft
     monkeypatch.setattr(PoolStore, "get", lambda self, cidr: pool_reads.append(cidr) or real_get(self, cidr))
 
     def endpoint_mtu(endpoint_id, address):
-        ok(client, "NetworkDriver.CreateEndpoint", {"NetworkID": NET, "EndpointID": endpoint_id,
+        create_endpoint(client, {"NetworkID": NET, "EndpointID": endpoint_id,
                                                     "Interface": {"Address": address}})
         return json.loads(store.get(keys.endpoint("host1", endpoint_id)).value)["mtu"]
 
@@ -361,7 +384,7 @@ def test_second_network_in_one_sandbox_gets_its_own_gateway(client, store, datap
         {"Pool": "fd00:21::/64", "Gateway": "fe80::ecee:eeff:feee:eeee/128"}]})
     for ep, net, addr, addr6 in ((EP, NET, "10.20.10.9/32", "fd00:20::9/128"),
                                  (EP2, other, "10.20.20.9/32", "fd00:21::9/128")):
-        ok(client, "NetworkDriver.CreateEndpoint", {"NetworkID": net, "EndpointID": ep,
+        create_endpoint(client, {"NetworkID": net, "EndpointID": ep,
                                                     "Interface": {"Address": addr, "AddressIPv6": addr6}})
     first = ok(client, "NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP, "SandboxKey": "/sb"})
     assert dataplane.gateway6 == "fe80::ecee:eeff:feee:eeee"
@@ -381,7 +404,7 @@ def test_second_network_in_one_sandbox_gets_its_own_gateway(client, store, datap
     assert len(destinations) == len(set(destinations)), "no route may be installed twice"
     ok(client, "NetworkDriver.Leave", {"NetworkID": NET, "EndpointID": EP})
     third = "9" * 64  # a slot freed by Leave is reused
-    ok(client, "NetworkDriver.CreateEndpoint", {"NetworkID": NET, "EndpointID": third,
+    create_endpoint(client, {"NetworkID": NET, "EndpointID": third,
                                                 "Interface": {"Address": "10.20.10.10/32"}})
     assert ok(client, "NetworkDriver.Join", {"NetworkID": NET, "EndpointID": third,
                                              "SandboxKey": "/sb"})["Gateway"] == "169.254.1.1"
@@ -393,7 +416,7 @@ def test_a_pool_routed_by_another_interface_is_not_routed_twice(client, store):
     ok(client, "NetworkDriver.CreateNetwork", {"NetworkID": other, "IPv4Data": [
         {"Pool": "10.20.10.0/24", "Gateway": "169.254.1.1/32"}]})
     for ep, net, addr in ((EP, NET, "10.20.10.9/32"), (EP2, other, "10.20.10.10/32")):
-        ok(client, "NetworkDriver.CreateEndpoint", {"NetworkID": net, "EndpointID": ep,
+        create_endpoint(client, {"NetworkID": net, "EndpointID": ep,
                                                     "Interface": {"Address": addr}})
     ok(client, "NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP, "SandboxKey": "/sb"})
     second = ok(client, "NetworkDriver.Join", {"NetworkID": other, "EndpointID": EP2, "SandboxKey": "/sb"})
@@ -404,7 +427,7 @@ def test_ipv6_endpoint_gets_link_local_gateway_and_a_connected_route_to_it(clien
     make_network(client, v6="fd00:20::/64")
     address = ok(client, "IpamDriver.RequestAddress", {"PoolID": "fd00:20::/64"})["Address"]
     assert address.endswith("/128")
-    ok(client, "NetworkDriver.CreateEndpoint", {"NetworkID": NET, "EndpointID": EP,
+    create_endpoint(client, {"NetworkID": NET, "EndpointID": EP,
                                                 "Interface": {"Address": "10.20.10.9/32", "AddressIPv6": address}})
     joined = ok(client, "NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP, "SandboxKey": "/x"})
     assert joined["GatewayIPv6"] == "fe80::ecee:eeff:feee:eeee"
@@ -423,7 +446,7 @@ def test_ipv6_only_network(client, store, dataplane):
         "com.docker.network.enable_ipv4": False, "com.docker.network.enable_ipv6": True,
         "com.docker.network.generic": {}}})
     address = ok(client, "IpamDriver.RequestAddress", {"PoolID": "fd00:20::/64"})["Address"]
-    ok(client, "NetworkDriver.CreateEndpoint", {"NetworkID": NET, "EndpointID": EP,
+    create_endpoint(client, {"NetworkID": NET, "EndpointID": EP,
                                                 "Interface": {"AddressIPv6": address}})
     joined = ok(client, "NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP, "SandboxKey": "/x"})
     assert "Gateway" not in joined and joined["GatewayIPv6"] == "fe80::ecee:eeff:feee:eeee"
@@ -443,7 +466,7 @@ def test_docker_29_endpoint_name_is_kept_on_the_address(client, store):
 
 def test_join_failure_leaves_no_sandbox_and_no_interface(client, store, dataplane):
     make_network(client)
-    ok(client, "NetworkDriver.CreateEndpoint", {"NetworkID": NET, "EndpointID": EP,
+    create_endpoint(client, {"NetworkID": NET, "EndpointID": EP,
                                                 "Interface": {"Address": "10.20.10.9/32"}})
     dataplane.fail = True
     assert "simulated" in err(client, "NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP, "SandboxKey": "/x"})
@@ -494,7 +517,7 @@ def test_default_pool_is_never_routed_per_interface(client):
     """Every network made without --subnet shares it: a route to it on the first interface
     would make libnetwork refuse the next interface's address ("conflicts with existing route")."""
     make_network(client, subnet="")
-    ok(client, "NetworkDriver.CreateEndpoint", {"NetworkID": NET, "EndpointID": EP,
+    create_endpoint(client, {"NetworkID": NET, "EndpointID": EP,
                                                 "Interface": {"Address": "10.30.0.9/32"}})
     joined = ok(client, "NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP, "SandboxKey": "/x"})
     assert joined["StaticRoutes"] == [{"Destination": "169.254.1.1/32", "RouteType": 1}]
@@ -529,7 +552,7 @@ def test_first_join_of_a_container_is_one_etcd_round_trip(store, dataplane):
     counting = CountingStore(store)
     client = build(PluginConfig(host="host1"), counting, dataplane).test_client()
     make_network(client)
-    ok(client, "NetworkDriver.CreateEndpoint", {"NetworkID": NET, "EndpointID": EP,
+    create_endpoint(client, {"NetworkID": NET, "EndpointID": EP,
                                                 "Interface": {"Address": "10.20.10.9/32"}})
     counting.calls.clear()
     answer = ok(client, "NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP, "SandboxKey": "/sb"})
@@ -545,7 +568,7 @@ def test_first_join_of_a_container_is_one_etcd_round_trip(store, dataplane):
 
 def test_join_and_leave_keep_a_profile_the_cli_wrote_meanwhile(client, store, dataplane):
     make_network(client)
-    ok(client, "NetworkDriver.CreateEndpoint", {"NetworkID": NET, "EndpointID": EP,
+    create_endpoint(client, {"NetworkID": NET, "EndpointID": EP,
                                                 "Interface": {"Address": "10.20.10.9/32"}})
     _rewrite_profiles(store, ["web"])  # the plugin's kept record is stale now
     ok(client, "NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP, "SandboxKey": "/sb"})
@@ -562,7 +585,7 @@ def test_join_takes_the_next_slot_when_the_first_is_held(client, store, dataplan
     """The one-transaction guess (slot 1) fails as a whole; the retry picks slot 2."""
     make_network(client)
     store.put(keys.sandbox_slot("host1", "/sb", 1), "e" * 64)  # another network's interface
-    ok(client, "NetworkDriver.CreateEndpoint", {"NetworkID": NET, "EndpointID": EP,
+    create_endpoint(client, {"NetworkID": NET, "EndpointID": EP,
                                                 "Interface": {"Address": "10.20.10.9/32"}})
     answer = ok(client, "NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP, "SandboxKey": "/sb"})
     assert answer["Gateway"] == "169.254.1.2" and _endpoint_record(store)["gateway_slot"] == 2
@@ -574,7 +597,7 @@ def test_join_takes_the_next_slot_when_the_first_is_held(client, store, dataplan
 
 def test_join_of_an_endpoint_deleted_behind_the_plugin_fails_cleanly(client, store, dataplane):
     make_network(client)
-    ok(client, "NetworkDriver.CreateEndpoint", {"NetworkID": NET, "EndpointID": EP,
+    create_endpoint(client, {"NetworkID": NET, "EndpointID": EP,
                                                 "Interface": {"Address": "10.20.10.9/32"}})
     store.delete(keys.endpoint("host1", EP))
     assert "does not exist" in err(client, "NetworkDriver.Join",
@@ -586,7 +609,7 @@ def test_leave_answers_before_the_veth_is_deleted_and_delete_endpoint_does_not_w
         client, store, dataplane, drivers):
     import threading
     make_network(client)
-    ok(client, "NetworkDriver.CreateEndpoint", {"NetworkID": NET, "EndpointID": EP,
+    create_endpoint(client, {"NetworkID": NET, "EndpointID": EP,
                                                 "Interface": {"Address": "10.20.10.9/32"}})
     ok(client, "NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP, "SandboxKey": "/sb"})
     dataplane.hold = threading.Event()  # the kernel's delete "takes" until the test says
@@ -599,3 +622,108 @@ def test_leave_answers_before_the_veth_is_deleted_and_delete_endpoint_does_not_w
     dataplane.hold.set()
     drivers[0].wait_removals(30)
     assert dataplane.workloads == {} and dataplane.removals == 1
+
+
+# -- issue 12: nothing unchecked is stored --------------------------------------
+
+def test_create_endpoint_refuses_addresses_that_do_not_parse_or_ipam_does_not_hold(client, store, dataplane):
+    make_network(client, v6="fd00:20::/64")
+    ok(client, "IpamDriver.RequestPool", {"Pool": "10.20.20.0/24"})
+    elsewhere = ok(client, "IpamDriver.RequestAddress", {"PoolID": "10.20.20.0/24"})["Address"]
+    before = snapshot(store)
+    body = lambda interface: {"NetworkID": NET, "EndpointID": EP, "Interface": interface}  # noqa: E731
+    for interface, words in (
+            ({"Address": "garbage/32"}, "not an address"),
+            ({"Address": "10.20.10.9/garbage"}, "not an address"),
+            ({"Address": 7}, "string"),
+            ({"AddressIPv6": "10.20.10.9/32"}, "not an IPv6 address"),
+            ({"Address": "fd00:20::9/128"}, "not an IPv4 address"),
+            ({"Address": elsewhere}, "not in the network's pools"),          # held, but another pool
+            ({"Address": "10.20.10.9/32"}, "not allocated by warren IPAM"),  # in the pool, never held
+            ({"Address": "10.20.10.9/32", "MacAddress": "zz"}, "mac")):
+        message = err(client, "NetworkDriver.CreateEndpoint", body(interface))
+        assert words in message and "\n" not in message, message
+    assert snapshot(store) == before and dataplane.workloads == {}
+
+
+def test_create_endpoint_refuses_an_address_released_meanwhile(client, store):
+    """The IPAM driver remembers its allocation; a release (by Docker or anyone) voids it."""
+    from ipam import Allocator
+    make_network(client)
+    first = ok(client, "IpamDriver.RequestAddress", {"PoolID": "10.20.10.0/24"})["Address"]
+    ok(client, "IpamDriver.ReleaseAddress", {"PoolID": "10.20.10.0/24", "Address": first.split("/")[0]})
+    second = ok(client, "IpamDriver.RequestAddress", {"PoolID": "10.20.10.0/24"})["Address"]
+    Allocator(store, "operator").release(second.split("/")[0])  # `warrenctl ipam release` behind our back
+    before = snapshot(store)
+    for address in (first, second):
+        assert "not allocated" in err(client, "NetworkDriver.CreateEndpoint", {
+            "NetworkID": NET, "EndpointID": EP, "Interface": {"Address": address}})
+    assert snapshot(store) == before
+
+
+def test_create_endpoint_costs_one_round_trip_after_request_address(store, dataplane):
+    counting = CountingStore(store)
+    client = build(PluginConfig(host="host1"), counting, dataplane).test_client()
+    make_network(client)
+    create_endpoint(client, {"NetworkID": NET, "EndpointID": EP2,  # the network's MTU is read once
+                             "Interface": {"Address": "10.20.10.9/32"}})
+    address = ok(client, "IpamDriver.RequestAddress", {"PoolID": "10.20.10.0/24"})["Address"]
+    counting.calls.clear()
+    ok(client, "NetworkDriver.CreateEndpoint", {"NetworkID": NET, "EndpointID": EP,
+                                                "Interface": {"Address": address}})
+    assert counting.calls == ["txn"]  # as the put it replaces
+    assert _endpoint_record(store)["ipv4"] == [address.split("/")[0]]
+
+
+def test_create_endpoint_of_a_restarted_plugin_finds_the_allocation_in_etcd(client, store, dataplane):
+    make_network(client)
+    address = ok(client, "IpamDriver.RequestAddress", {"PoolID": "10.20.10.0/24"})["Address"]
+    fresh = build(PluginConfig(host="host1"), store, dataplane).test_client()  # remembers nothing
+    ok(fresh, "NetworkDriver.CreateEndpoint", {"NetworkID": NET, "EndpointID": EP,
+                                               "Interface": {"Address": address}})
+    assert _endpoint_record(store)["ipv4"] == [address.split("/")[0]]
+
+
+def test_create_network_needs_a_warren_pool(client, store):
+    ok(client, "IpamDriver.RequestPool", {"Pool": "10.20.10.0/24"})
+    before = snapshot(store)
+    gateway = "169.254.1.1/32"
+    for data, words in (
+            ([{"Gateway": gateway}], "has no Pool"),
+            ([{"Pool": None, "Gateway": gateway}], "has no Pool"),
+            ([{"Pool": 5, "Gateway": gateway}], "has no Pool"),
+            ([{"Pool": "garbage", "Gateway": gateway}], "not a subnet"),
+            ([{"Pool": "10.20.10.1/24", "Gateway": gateway}], "not a subnet"),
+            ([{"Pool": "fd00::/64", "Gateway": gateway}], "not an IPv4 subnet"),
+            ([{"Pool": "10.20.99.0/24", "Gateway": gateway}], "not a warren pool")):
+        message = err(client, "NetworkDriver.CreateNetwork", {"NetworkID": NET, "IPv4Data": data})
+        assert words in message and "internal error" not in message and "\n" not in message, message
+    assert snapshot(store) == before
+
+
+def test_invalid_records_are_refused_with_one_line_and_deleted_on_request(client, store, dataplane, drivers):
+    make_network(client)
+    create_endpoint(client, {"NetworkID": NET, "EndpointID": EP, "Interface": {"Address": "10.20.10.9/32"}})
+    store.put(keys.endpoint("host1", EP), '{"id": "%s", "ipv4": ["not-an-ip"]}' % EP)
+    drivers[0]._records.clear()  # the kept copy would hide the bad one
+    message = err(client, "NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP, "SandboxKey": "/sb"})
+    assert "invalid Endpoint record" in message and "\n" not in message
+    assert drivers[0].local_endpoints() == []  # listings skip it
+    ok(client, "NetworkDriver.DeleteEndpoint", {"NetworkID": NET, "EndpointID": EP})
+    assert store.get(keys.endpoint("host1", EP)) is None
+    other = "d" * 64
+    store.put(keys.network(other), '{"id": 5}')
+    message = err(client, "NetworkDriver.CreateEndpoint", {"NetworkID": other, "EndpointID": EP2,
+                                                           "Interface": {"Address": "10.20.10.10/32"}})
+    assert "invalid Network record" in message and store.get(keys.endpoint("host1", EP2)) is None
+
+
+def test_request_and_release_address_refuse_garbage(client, store):
+    make_network(client)
+    before = snapshot(store)
+    assert "not an IP address" in err(client, "IpamDriver.RequestAddress",
+                                      {"PoolID": "10.20.10.0/24", "Address": "10.20.10.x"})
+    assert "not a valid CIDR" in err(client, "IpamDriver.RequestAddress", {"PoolID": "garbage"})
+    assert "not an IP address" in err(client, "IpamDriver.ReleaseAddress",
+                                      {"PoolID": "10.20.10.0/24", "Address": "../x"})
+    assert snapshot(store) == before
