@@ -24,6 +24,14 @@ command. Threads:
 * **sweeper**: expires stale routes of peers in graceful restart;
 * **status**: publishes the sessions to etcd for ``node status``.
 
+No thread dies on bad data: invalid pool, block and node records are skipped
+and counted (:mod:`datastore.codec`), so one garbage block never stops this
+node announcing the others; an unreadable line from ExaBGP is logged and
+dropped; any unexpected error in a loop is logged and the loop goes on. A
+learned route that cannot be installed (a link-local next hop outside the
+VXLAN device, a VXLAN next hop without a known VTEP) is logged once, not at
+every FIB pass, and is not retried as a failure.
+
 On SIGTERM (sent by the speaker when the node stops) it withdraws every route
 it announced before exiting. At start it adopts the routes a previous incarnation left in the kernel as
 stale (owner = next hop), asks ExaBGP for ``show adj-rib in`` (ExaBGP does
@@ -48,13 +56,13 @@ from collections import deque
 from dataclasses import dataclass
 
 from datastore import Datastore, DatastoreError, EtcdConfig, codec, keys
-from ipam import Block, PoolStore
-from ipam.nodes import Node, get_node, list_nodes
+from ipam import Block
+from ipam.nodes import Node
 from ipam.pools import Pool
 
 from . import rib as ribmod
 from .fib import IPIP_DEV, VXLAN_DEV, Fib, Route
-from .settings import SessionStatus, save_status
+from .settings import SessionStatus, registered_nodes, save_status
 
 log = logging.getLogger("warren.bgp.api")
 
@@ -166,27 +174,36 @@ class Commands:
             self._cond.notify_all()
 
     def run(self) -> None:
-        """The writer thread (runs for the life of the process)."""
+        """The writer thread (runs for the life of the process; an unexpected error is
+        logged and the loop goes on)."""
         while True:
-            with self._cond:
-                while not self._ready():
-                    self._cond.wait(0.5)
-                    self._expire()
-                item = self._queue.popleft()
-                if not self._sent:
-                    self._since = time.monotonic()
-                self._sent.append(item)
             try:
-                self.out.write(item.text + "\n")
-                self.out.flush()
-            except (OSError, ValueError) as exc:  # ExaBGP went away: stdin EOF ends us soon
-                log.warning("cannot write to ExaBGP: %s", exc)
-                with self._cond:
-                    if item in self._sent:
-                        self._sent.remove(item)
-                    self._cond.notify_all()
-                if item.answered is not None:
-                    item.answered.set()
+                self._write_next()
+            except Exception:
+                log.exception("command writer failed; going on")
+                time.sleep(0.5)
+
+    def _write_next(self) -> None:
+        """Write the next command once the window allows it."""
+        with self._cond:
+            while not self._ready():
+                self._cond.wait(0.5)
+                self._expire()
+            item = self._queue.popleft()
+            if not self._sent:
+                self._since = time.monotonic()
+            self._sent.append(item)
+        try:
+            self.out.write(item.text + "\n")
+            self.out.flush()
+        except (OSError, ValueError) as exc:  # ExaBGP went away: stdin EOF ends us soon
+            log.warning("cannot write to ExaBGP: %s", exc)
+            with self._cond:
+                if item in self._sent:
+                    self._sent.remove(item)
+                self._cond.notify_all()
+            if item.answered is not None:
+                item.answered.set()
 
 
 # =====================================================================================
@@ -205,6 +222,7 @@ class ApiProcess:
         self.lock = threading.RLock()          # RIB, sessions, what is announced
         self.announced: set[str] = set()
         self.unannounceable: set[str] = set()  # IPv6 prefixes without an IPv6 next hop (warned once)
+        self.unroutable: dict[str, str] = {}   # prefix -> why it is not installed (warned once per reason)
         self.ipv6: str | None = None
         self.ready = False
         self.up: set[str] = set()
@@ -214,6 +232,7 @@ class ApiProcess:
         self.sessions: dict[str, SessionStatus] = {}
         self.pools: list[Pool] = []                    # for the encapsulation of a prefix
         self.nodes: dict[str, Node] = {}               # underlay address -> node (VTEPs)
+        self._nodes_read = float("-inf")               # monotonic time of the last registry read
         self._vteps = None                             # bgp.fabric.Vteps, once a VXLAN route needs it
         self._fib_dirty = threading.Event()
         self._status_dirty = threading.Event()
@@ -232,7 +251,7 @@ class ApiProcess:
             return
         try:
             event = ribmod.parse_event(json.loads(line))
-        except (ValueError, KeyError, TypeError) as exc:
+        except Exception as exc:  # noqa: BLE001 - one odd line must not end the reader
             log.warning("unreadable event from ExaBGP (%s): %.200s", exc, line)
             return
         with self.lock:
@@ -291,8 +310,13 @@ class ApiProcess:
         return "none"
 
     def plan(self) -> dict[str, Route]:
-        """prefix -> (next hop, device) the kernel should hold (call with the lock)."""
+        """prefix -> (next hop, device) the kernel should hold (call with the lock).
+
+        A learned route that cannot be installed is left out and logged once (not
+        at every FIB pass): a link-local next hop outside the VXLAN device (which
+        interface it is on is not known), or a VXLAN next hop with no known VTEP."""
         out: dict[str, Route] = {}
+        unroutable: dict[str, str] = {}
         known, self._encap = self._encap, {}
         for prefix, nh in self.rib.fib().items():
             encap = known.get(prefix) or self.encap(prefix)
@@ -301,21 +325,31 @@ class ApiProcess:
             if device == VXLAN_DEV and ":" in nh:  # IPv6 over vxlan: the VTEP's link-local
                 node = self.node_at(nh)
                 if node is None or not node.vtep_mac:
-                    log.warning("no VTEP known for %s: cannot route %s over vxlan", nh, prefix)
+                    unroutable[prefix] = f"no VTEP known for {nh}: cannot route {prefix} over vxlan"
                     continue
                 from .fabric import link_local  # vxlan only (bgp.fabric imports pyroute2)
                 nh = link_local(node.vtep_mac)
+            elif _link_local(nh) and device is None:
+                unroutable[prefix] = (f"{prefix} via link-local {nh}: not installed (the peer must "
+                                      "announce a global next hop)")
+                continue
             out[prefix] = (nh, device)
+        for prefix, reason in unroutable.items():
+            if self.unroutable.get(prefix) != reason:
+                log.warning("%s", reason)
+        # keep what the FIB pass found (a VTEP missing at install time) for routes still planned
+        self.unroutable = {**{p: r for p, r in self.unroutable.items() if p in out}, **unroutable}
         return out
 
     def node_at(self, address: str) -> Node | None:
-        if address not in self.nodes:
-            self.refresh_nodes()
+        if address not in self.nodes and time.monotonic() - self._nodes_read > 5.0:
+            self.refresh_nodes()  # at most every 5 s for an address no node has
         return self.nodes.get(address)
 
     def refresh_nodes(self) -> None:
+        self._nodes_read = time.monotonic()
         try:
-            nodes = list_nodes(self.store)
+            nodes = registered_nodes(self.store)
         except DatastoreError as exc:
             log.warning("etcd: %s", exc)
             return
@@ -343,9 +377,13 @@ class ApiProcess:
                 return True
             with self.lock:
                 node = self.node_at(next_hop)
-            if node is None or not node.vtep_mac or not node.ipv4:
-                log.warning("no VTEP known for %s: cannot route %s over vxlan", next_hop, prefix)
-                return False
+                if node is None or not node.vtep_mac or not node.ipv4:
+                    reason = f"no VTEP known for {next_hop}: cannot route {prefix} over vxlan"
+                    if self.unroutable.get(prefix) != reason:
+                        log.warning("%s", reason)
+                        self.unroutable[prefix] = reason
+                    return False
+                self.unroutable.pop(prefix, None)
             if not vtep_ipr:
                 from pyroute2 import IPRoute  # vxlan only: ~17 MiB the API process otherwise never loads
 
@@ -399,14 +437,16 @@ class ApiProcess:
     # -- announcing -------------------------------------------------------------------
 
     def wanted(self) -> tuple[set[str], int]:
-        pools = PoolStore(self.store).list()
+        """(what this node announces, the etcd revision read). Invalid pool and block
+        records are skipped (and counted): one of them never stops the announcing."""
+        pools = read_pools(self.store)
         with self.lock:
             if pools != self.pools:
                 self.pools = pools
                 self._encap = {}
                 self._fib_dirty.set()  # a new pool may change how learned prefixes are reached
         snapshot = self.store.get_prefix(keys.BLOCKS)
-        blocks = [codec.loads(Block, kv.value) for kv in snapshot]
+        blocks = codec.load_all(Block, snapshot)
         own = {b.cidr for b in blocks if b.affinity == self.node}
         if own != self._blackholed:
             self._blackholed = own if self.fib.set_blackholes(own) == 0 else None
@@ -446,8 +486,7 @@ class ApiProcess:
         backoff = 0.5
         while not stop.is_set():
             try:
-                node = get_node(self.store, self.node)
-                self.ipv6 = node.ipv6 if node else None
+                self.ipv6 = own_ipv6(self.store, self.node, self.ipv6)
                 wanted, revision = self.wanted()
                 self.announce_diff(wanted)
                 if not self.ready:
@@ -515,22 +554,49 @@ class ApiProcess:
                 sessions = sorted(self.sessions.values(), key=lambda s: s.peer)
             try:
                 save_status(self.store, self.node, sessions)
-            except DatastoreError as exc:
+            except Exception as exc:  # etcd down, or anything else: retry, never die
                 log.warning("cannot publish BGP status: %s", exc)
                 self._status_dirty.set()
                 stop.wait(2)
 
     def sweeper(self, stop: threading.Event) -> None:
         while not stop.wait(1.0):
-            with self.lock:
-                if self.rib.stale:
-                    self.rib.expire(time.monotonic())
-                    self._fib_dirty.set()
+            try:
+                with self.lock:
+                    if self.rib.stale and self.rib.expire(time.monotonic()):
+                        self._fib_dirty.set()  # only when something expired
+            except Exception:
+                log.exception("stale sweep failed; going on")
+
+
+def _link_local(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_link_local
+    except ValueError:
+        return False
+
+
+def read_pools(store: Datastore) -> list[Pool]:
+    """The pools, invalid records skipped (as :class:`ipam.PoolStore` orders them)."""
+    pools = codec.load_all(Pool, store.get_prefix(keys.POOLS))
+    return sorted(pools, key=lambda p: (p.version, p.network))
+
+
+def own_ipv6(store: Datastore, node: str, current: str | None) -> str | None:
+    """This node's IPv6 underlay address; an invalid own record keeps ``current``."""
+    kv = store.get(keys.node(node))
+    if kv is None:
+        return None
+    try:
+        return codec.loads(Node, kv.value, kv.key).ipv6
+    except codec.InvalidRecord as exc:
+        codec.skipped(exc, kv.mod_revision)
+        return current
 
 
 def sessions_by_next_hop(store: Datastore) -> dict[str, str]:
     try:
-        nodes = list_nodes(store)
+        nodes = registered_nodes(store)
     except DatastoreError as exc:
         log.warning("etcd: %s; adopting kernel routes by next hop", exc)
         return {}
@@ -555,7 +621,7 @@ def main(argv: list[str] | None = None) -> int:
     api = ApiProcess(args.node, store, Fib(), stale_time=args.stale_time)
     stop = threading.Event()
     try:
-        api.pools = PoolStore(store).list()  # before adopting: the plan depends on encapsulation
+        api.pools = read_pools(store)  # before adopting: the plan depends on encapsulation
     except DatastoreError as exc:
         log.warning("etcd: %s; pools unknown until it answers", exc)
     api.adopt_kernel(sessions_by_next_hop(store))

@@ -172,14 +172,18 @@ class Rib:
         for prefix in self.stale.pop(peer, {}):
             self.routes.get(peer, {}).pop(prefix, None)
 
-    def expire(self, now: float) -> None:
+    def expire(self, now: float) -> int:
+        """Drop the stale routes whose deadline passed; returns how many."""
+        expired = 0
         for peer, prefixes in list(self.stale.items()):
             for prefix, deadline in list(prefixes.items()):
                 if deadline <= now:
                     del prefixes[prefix]
                     self.routes.get(peer, {}).pop(prefix, None)
+                    expired += 1
             if not prefixes:
                 del self.stale[peer]
+        return expired
 
 
 def _prefix_key(text: str) -> tuple[int, int]:

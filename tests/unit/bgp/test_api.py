@@ -227,3 +227,78 @@ def test_acks_never_reach_the_rib(line):
     api, _ = process()
     api.on_line(line)
     assert api.rib.routes == {}
+
+
+def ipv6_update(peer, next_hop, prefixes):
+    import json
+    announce = {"ipv6 unicast": {next_hop: [{"nlri": p} for p in prefixes]}}
+    return json.dumps({"type": "update", "neighbor": {"address": {"peer": peer},
+                                                      "message": {"update": {"announce": announce}}}})
+
+
+def test_a_link_local_next_hop_is_not_installed_and_warned_once(caplog):
+    fib = FakeFib()
+    api, _ = process(fib=fib)
+    api.on_line(ipv6_update("2001:db8::12", "fe80::12", ["fd00:20::/122"]))
+    api.on_line(ipv6_update("2001:db8::12", "2001:db8::12", ["fd00:30::/122"]))
+    for _ in range(5):  # the FIB worker runs again and again (e.g. while stale routes are swept)
+        assert api.sync_fib()  # not a failure: nothing to retry every second
+        api.plan()
+    assert fib.kernel == {"fd00:30::/122": ("2001:db8::12", None)}
+    assert caplog.text.count("fd00:20::/122 via link-local fe80::12: not installed") == 1
+    api.on_line(ipv6_update("2001:db8::12", "2001:db8::12", ["fd00:20::/122"]))  # a usable next hop now
+    assert api.sync_fib() and fib.kernel["fd00:20::/122"] == ("2001:db8::12", None)
+
+
+def test_a_vtep_warning_is_logged_once(monkeypatch, caplog):
+    from ipam.pools import make_pool
+    api, _ = process()
+    api.pools = [make_pool("10.20.0.0/24", vxlan=True)]
+    monkeypatch.setattr(api, "refresh_nodes", lambda: None)
+    api.on_line(update("198.19.0.12", ["10.20.0.1/32"]))
+    for _ in range(5):
+        api._kernel = {}
+        api.sync_fib()
+    assert caplog.text.count("no VTEP known for 198.19.0.12") == 1
+
+
+def test_the_sweeper_wakes_the_fib_only_when_something_expired():
+    api, _ = process()
+    api.rib.routes["198.19.0.12"] = {"10.20.0.0/26": "198.19.0.12"}
+    api.rib.stale["198.19.0.12"] = {"10.20.0.0/26": time.monotonic() + 3600}
+    assert api.rib.expire(time.monotonic()) == 0
+    assert api.rib.expire(time.monotonic() + 7200) == 1 and api.rib.routes["198.19.0.12"] == {}
+
+
+def test_one_garbage_block_never_stops_the_announcing(store):
+    from datastore import codec, keys
+    from ipam.blocks import Block
+    from ipam.pools import make_pool
+
+    class BlackholeFib(FakeFib):
+        def set_blackholes(self, wanted):
+            self.blackholed = set(wanted)
+            return 0
+
+    pool = make_pool("10.20.0.0/24")
+    store.put(keys.pool(pool.cidr), codec.dumps(pool))
+    store.put(keys.pool("10.21.0.0-24"), b'{"cidr": 5}')
+    store.put(keys.block("10.20.0.0/26"), codec.dumps(Block("10.20.0.0/26", pool.cidr, "n1",
+                                                            unallocated=list(range(64)))))
+    store.put(keys.block("10.20.0.64/26"), b"garbage")
+    store.put(keys.block("10.20.0.128/26"), b'{"cidr": "10.20.0.128/26"}')
+    api = ApiProcess("n1", store=store, fib=BlackholeFib(), out=Out())
+    wanted, _ = api.wanted()
+    assert wanted == {"10.20.0.0/26"} and api.pools == [pool]
+    store.put(keys.block("10.20.0.192/26"), codec.dumps(Block("10.20.0.192/26", pool.cidr, "n1",
+                                                              unallocated=list(range(64)))))
+    assert api.wanted()[0] == {"10.20.0.0/26", "10.20.0.192/26"}   # new blocks still announced
+
+
+def test_an_odd_line_from_exabgp_never_reaches_the_rib():
+    api, _ = process()
+    for line in ('{"type": "update", "neighbor": "x"}', '{"type": "state", "neighbor": {"address": 5}}',
+                 '{"type": "update", "neighbor": {"message": {"update": {"announce": {"f": {"nh": [5]}}}}}}',
+                 "[1, 2]"):
+        api.on_line(line)
+    assert api.rib.routes == {}
