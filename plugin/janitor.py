@@ -348,7 +348,11 @@ class Janitor:
             if reachable and (restarted or time.monotonic() >= due):
                 if restarted:
                     log.info("janitor: dockerd is back (restarted?): reconciling now")
-                self._safe_round()
+                report = self._safe_round()
+                if restarted:
+                    log.info("janitor: round after dockerd's return %s",
+                             "skipped" if report is None else
+                             f"done: {len(report.endpoints)} endpoint(s) removed")
                 due = time.monotonic() + self.interval
             self._stop.wait(min(WATCH_INTERVAL, self.interval))
 
