@@ -8,7 +8,9 @@
     warrenctl container <CONTAINER> endpoint show
 
 The work is :class:`plugin.containers.ContainerEndpoints` (the plugin's own
-plumbing); this module only parses words. It acts on this host's containers
+plumbing); this module only parses words. A container reference that is not a
+Docker name or id (``../../../etc``) is refused before anything is asked of
+dockerd or etcd (:func:`plugin.containers.check_reference`). It acts on this host's containers
 (``--host`` is not needed: the container must run here).
 """
 from __future__ import annotations
@@ -16,7 +18,8 @@ from __future__ import annotations
 import argparse
 
 from ipam.workloads import WorkloadStore
-from plugin.containers import DEFAULT_INTERFACE, ContainerEndpoints
+from plugin.containers import DEFAULT_INTERFACE, ContainerEndpoints, check_reference
+from plugin.errors import PluginError
 from plugin.dataplane import Dataplane
 from profiles import ProfileStore
 
@@ -69,8 +72,17 @@ def container_command(args, ctx) -> int:
     words = [w for w in args.words if w != "--debug"]
     if not words:
         raise _usage_error("missing container command: add, remove or <CONTAINER> ip|profile|endpoint")
-    endpoints = ContainerEndpoints(ctx.store, ctx.host, Dataplane())
     first, rest = words[0], words[1:]
+    if first in ("add", "remove") and rest and rest[0] not in ("ip", "profile", "endpoint"):
+        reference = rest[0] if not rest[0].startswith("--") else None
+    else:
+        reference = first
+    if reference is not None:
+        try:
+            check_reference(reference)
+        except PluginError as exc:
+            raise CliError(str(exc)) from None
+    endpoints = ContainerEndpoints(ctx.store, ctx.host, Dataplane())
     if first == "add" and rest and rest[0] not in ("ip", "profile", "endpoint"):
         rest, interface = _interface(rest)
         if len(rest) != 2:

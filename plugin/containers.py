@@ -22,18 +22,29 @@ until ``container ... profile append`` (as in Calico v0.x).
 
 Every step is undone when a later one fails: no half-made veth, no leaked
 address, no stale record.
+
+A container reference (name or id) is checked before it reaches dockerd's
+URL: Docker's names match ``[a-zA-Z0-9][a-zA-Z0-9_.-]*`` and ids are hex, so
+anything else (``../../../etc``, ``a/b``, ``%2e``) is refused with one line
+(:func:`check_reference`); what passes is still URL-escaped.
+
+Removing an endpoint releases its handle and then each address its record
+names (by address): an address the allocator re-imported for a leftover
+record (handle ``endpoint-<id>``, :mod:`ipam.allocator`) goes with it too.
 """
 from __future__ import annotations
 
 import hashlib
 import ipaddress
 import logging
+import re
 from dataclasses import dataclass, replace
 from typing import Callable
 from urllib.parse import quote
 
 from datastore import Datastore, codec, keys
 from ipam import Allocator, IpamError, PoolStore
+from ipam.allocator import record_handle
 from ipam.workloads import Endpoint, WorkloadStore
 
 from .dataplane import Dataplane, DataplaneError, workload_mtu
@@ -45,6 +56,15 @@ log = logging.getLogger(__name__)
 
 DEFAULT_INTERFACE = "eth1"
 PURPOSE = "container"
+REFERENCE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,254}$")  # a Docker name, or an id (hex)
+
+
+def check_reference(reference: str) -> str:
+    """A container name or id as Docker spells them, else PluginError (before any URL is built)."""
+    if not isinstance(reference, str) or not REFERENCE.match(reference):
+        raise PluginError(f"invalid container name or id {reference[:60]!r}: Docker names match "
+                          "[a-zA-Z0-9][a-zA-Z0-9_.-]* and ids are hexadecimal")
+    return reference
 
 
 def endpoint_id(container_id: str, interface: str) -> str:
@@ -84,6 +104,7 @@ class Container:
 
 def docker_lookup(reference: str) -> Container:
     """A running container by name or id, asked of dockerd (``plugin.names.docker_get``)."""
+    check_reference(reference)
     try:
         attrs = docker_get(f"/containers/{quote(reference, safe='')}/json", timeout=10)
     except DockerNotFound:
@@ -185,7 +206,10 @@ class ContainerEndpoints:
     def _remove(self, endpoint: Endpoint) -> None:
         self.dataplane.remove_workload(endpoint.id)  # its routes go with it
         self.store.delete(keys.endpoint(self.host, endpoint.id))
-        self.allocator.release_handle(handle_of(endpoint.id))
+        allocator = self.allocator
+        allocator.release_handle(handle_of(endpoint.id))
+        for address in endpoint.addresses:  # e.g. re-imported for this record: see the docstring
+            allocator.release(address, record_handle(endpoint.id))
 
     # -- addresses ----------------------------------------------------------------
 
