@@ -11,6 +11,12 @@ etcd says:
   missing or point elsewhere gets its routes back;
 * a joined endpoint whose interface is gone cannot be repaired from here (the
   container side went with it): reported, left for Docker's Leave.
+
+This compares the kernel with etcd only. Whether a record still has a
+container behind it is for dockerd to say: the plugin's janitor
+(:mod:`plugin.janitor`) compares the records with dockerd's view while the
+plugin runs, and removes records, addresses, veths and ports no container
+owns.
 """
 from __future__ import annotations
 
