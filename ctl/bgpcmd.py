@@ -1,11 +1,20 @@
-"""``warrenctl bgp ...`` and ``warrenctl node bgp peer ...`` (calicoctl v0.x grammar)."""
+"""``warrenctl bgp ...`` and ``warrenctl node bgp peer ...`` (calicoctl v0.x grammar).
+
+Every value is checked before it is stored, with the grammar the speaker
+renders (:mod:`bgp.config`): AS 1-4294967295, a unicast peer address that is
+not a registered node's, 1-80 printable ASCII characters of password. A
+refusal is one line on stderr and exit status 1 (``ValueError``). ``peer show``
+lists invalid stored records apart (on stderr), as the speakers skip them.
+"""
 from __future__ import annotations
 
 import argparse
 import ipaddress
+import sys
 
 from bgp.settings import (add_peer, load_settings, make_peer, peers, remove_peer,
                           save_settings)
+from datastore import keys
 
 from .output import as_json, table
 
@@ -66,19 +75,23 @@ def node_mesh(args, ctx) -> int:
 
 
 def peer_command(args, ctx) -> int:
-    node = (args.name or ctx.host) if args.node_scope else None
+    node = keys.segment(args.name or ctx.host, "node name") if args.node_scope else None
     where = f" of node {node}" if node else ""
     if args.peer_verb == "add":
-        add_peer(ctx.store, make_peer(args.ip, args.as_number, args.password), node)
-        print(f"Added BGP peer {args.ip} as {args.as_number}{where}")
+        peer = make_peer(args.ip, args.as_number, args.password)
+        add_peer(ctx.store, peer, node)
+        print(f"Added BGP peer {peer.address} as {peer.as_number}{where}")
     elif args.peer_verb == "remove":
         if remove_peer(ctx.store, args.ip, node):
             print(f"Removed BGP peer {args.ip}{where}")
         else:
             print(f"{args.ip} is not a BGP peer{where}; nothing to remove")
     else:
-        found = [p for p in peers(ctx.store, node)
+        invalid: list[str] = []
+        found = [p for p in peers(ctx.store, node, invalid)
                  if args.version in (None, ipaddress.ip_address(p.address).version)]
+        for reason in invalid:
+            print(f"warning: skipped {reason}", file=sys.stderr)
         if args.json:
             as_json([{"address": p.address, "as": p.as_number, "password": bool(p.password)} for p in found])
         else:
