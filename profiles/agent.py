@@ -1,11 +1,27 @@
 """The policy agent: keeps this host's iptables chains and ipsets in sync with etcd.
 
 One agent per host is the single writer of warren's filter chains and tag
-sets (design.md). It holds a cache of four etcd prefixes - endpoints of
+sets (design.md). It holds a cache of five etcd prefixes - endpoints of
 *every* host (tag members live anywhere), Docker networks (an endpoint's
-default profile is its network's, and ``internal`` confines it), profiles
-and pools (the bounds of ``--internal`` endpoints) - filled by one read
-each and kept current by one watch each.
+default profile is its network's, and ``internal`` confines it), profiles,
+pools (the bounds of ``--internal`` endpoints) and nodes (their underlay
+addresses are control plane) - filled by one read each and kept current by
+one watch each.
+
+The control plane (:mod:`profiles.controlplane`): the agent keeps the set
+``warren-control-v4``/``-v6`` filled with the etcd members of its own
+configuration (host names resolved at every full refresh), every node's
+underlay addresses (from the snapshot) and this host's own addresses (read
+from the kernel at every full refresh and when Docker's bridges change).
+Workloads' packets to it are dropped before any profile, unless a rule
+naming the address opens it (see :mod:`profiles.generator`).
+
+Records are never trusted (issue 12): every listing and watch event is
+decoded with :mod:`datastore.codec`'s checks, and a record that fails is
+skipped and counted (as if absent: an endpoint's chains fail closed).
+Whatever still goes wrong - a bug, a surprising record - is logged with
+its traceback and the loop starts over from a fresh read after a backoff
+(up to ``ERROR_RETRY_MAX``); the thread never dies of it.
 
 After each batch of watch events it computes, per IP version, the chains
 and sets it wants with the pure functions of :mod:`profiles.generator`
@@ -34,8 +50,21 @@ backoff and resyncs from a fresh read when etcd is back.
 The agent also gives each Docker network its default profile once: when
 it sees a network whose profile name is known (``-o profile=NAME`` or the
 resolved Docker name) and not yet created, it creates the profile with
-the defaults (create-if-absent, so agents on several hosts may race) and
-marks the network record. A profile the user removes later stays removed.
+the defaults (create-if-absent, so agents on several hosts may race),
+marked ``auto``, and marks the network record. A profile the user removes
+later stays removed.
+
+And it removes such a profile again once nothing uses it (as Calico's
+DeleteNetwork did): an ``auto`` profile that no network record (of any
+host: with a local-scope driver each host's network has its own id) and no
+endpoint names is deleted by whichever agent notices first. The snapshot
+only nominates candidates; the decision is a fresh read of networks and
+endpoints at revision R and one transaction that deletes the profile only
+if it is unchanged and no network or endpoint was created or modified after
+R, so a network being created on another host at that moment keeps it (or,
+if its record came just after, that host's agent makes the profile again).
+A profile the user changed (``ProfileStore.update`` clears ``auto``) is
+theirs and is never removed by the agent.
 """
 from __future__ import annotations
 
@@ -47,51 +76,58 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable
 
-from datastore import Datastore, DatastoreError, ModRevisionIs, Put, codec, keys
+from datastore import (KV, Datastore, DatastoreError, Delete, ModRevisionIs, Put, UnchangedSince, codec,
+                       keys)
+from ipam.nodes import Node
 from ipam.pools import Pool
 from ipam.workloads import Endpoint, Network, effective_profiles
 
-from . import generator, names
+from . import controlplane, generator, names
 from .kernel import Kernel, KernelError
 from .model import Profile, ProfileError
 from .store import ProfileExists, ProfileStore
 
 log = logging.getLogger(__name__)
 
-PREFIXES = (keys.ENDPOINTS, keys.NETWORKS, keys.PROFILES, keys.POOLS)
+PREFIXES = (keys.ENDPOINTS, keys.NETWORKS, keys.PROFILES, keys.POOLS, keys.NODES)
 DOCKER = "docker"  # the queue's marker for "Docker's bridges changed" (see docker_changed)
 RETRY_MIN, RETRY_MAX = 0.5, 2.0  # short: endpoints made right after an outage wait for our resync
+ERROR_RETRY_MAX = 30.0  # after an unexpected error (a bug, a surprising record): log, back off, resync
 JUMP_CHECK = 10.0  # seconds between checks that the parent jumps are still first
+CLASSES = {keys.ENDPOINTS: Endpoint, keys.NETWORKS: Network, keys.PROFILES: Profile,
+           keys.POOLS: Pool, keys.NODES: Node}
 
 
 @dataclass
 class Snapshot:
-    """The agent's copy of etcd: endpoints by key, networks by id, profiles by name, pools by key."""
+    """The agent's copy of etcd: endpoints by key; networks, profiles, pools and nodes by the
+    last segment of theirs (id, name)."""
     endpoints: dict[str, Endpoint] = field(default_factory=dict)
     networks: dict[str, Network] = field(default_factory=dict)
     profiles: dict[str, Profile] = field(default_factory=dict)
     pools: dict[str, Pool] = field(default_factory=dict)
+    nodes: dict[str, Node] = field(default_factory=dict)
 
-    def update(self, prefix: str, key: str, value: bytes | None) -> bool:
-        """Apply one put (value) or delete (None); a record that does not parse counts as absent.
+    def table(self, prefix: str) -> dict:
+        return {keys.ENDPOINTS: self.endpoints, keys.NETWORKS: self.networks,
+                keys.PROFILES: self.profiles, keys.POOLS: self.pools, keys.NODES: self.nodes}[prefix]
+
+    @staticmethod
+    def ident(prefix: str, key: str) -> str:
+        return key if prefix == keys.ENDPOINTS else keys.last_segment(key)
+
+    def update(self, prefix: str, key: str, value: bytes | None, revision: int = 0) -> bool:
+        """Apply one put (value) or delete (None); a record that fails codec's checks counts as
+        absent (skipped, logged and counted by :func:`datastore.codec.load_one`).
 
         Returns whether the policy can have changed: an endpoint put that changes only what
         no rule reads (POLICY_IGNORED: Join's sandbox and gateway slot, -p's port map, the MAC,
         the MTU) does not, so the four writes of every container start cost one apply, not four.
         """
-        table, cls = {keys.ENDPOINTS: (self.endpoints, Endpoint),
-                      keys.NETWORKS: (self.networks, Network),
-                      keys.PROFILES: (self.profiles, Profile),
-                      keys.POOLS: (self.pools, Pool)}[prefix]
-        ident = key if prefix == keys.ENDPOINTS else keys.last_segment(key)
+        table, ident = self.table(prefix), self.ident(prefix, key)
         old = table.get(ident)
-        if value is None:
-            table.pop(ident, None)
-            return old is not None
-        try:
-            new = codec.loads(cls, value)
-        except (DatastoreError, ProfileError, TypeError, ValueError) as exc:
-            log.error("ignoring bad record %s: %s", key, exc)  # fail closed: as if absent
+        new = None if value is None else codec.load_one(CLASSES[prefix], KV(key, value, revision))
+        if new is None:  # deleted, or invalid: fail closed, as if absent
             table.pop(ident, None)
             return old is not None
         table[ident] = new
@@ -111,11 +147,30 @@ def _internal(endpoint: Endpoint, networks: dict[str, Network]) -> bool:
     return bool(network and network.internal)
 
 
+def _valid_iface(iface: object) -> bool:
+    try:
+        names.check_iface(iface)  # type: ignore[arg-type]
+    except ValueError:
+        return False
+    return True
+
+
 def local_endpoints(snapshot: Snapshot, node: str) -> list[generator.LocalEndpoint]:
-    return [generator.LocalEndpoint(e.id, e.iface, e.ipv4, e.ipv6,
-                                    effective_profiles(e, snapshot.networks),
-                                    _internal(e, snapshot.networks))
-            for e in snapshot.endpoints.values() if e.host == node]
+    """This node's endpoints. Records no render can use are left out (their traffic meets the
+    dispatch chains' DROP): a bad interface name, or two records claiming one interface."""
+    mine = [e for e in snapshot.endpoints.values() if e.host == node]
+    claims: dict[str, int] = {}
+    for e in mine:
+        claims[e.iface] = claims.get(e.iface, 0) + 1
+    out = []
+    for e in mine:
+        if not _valid_iface(e.iface) or claims[e.iface] > 1:
+            log.debug("endpoint %s: interface %r is invalid or claimed twice; no chains", e.id[:12], e.iface)
+            continue
+        out.append(generator.LocalEndpoint(e.id, e.iface, e.ipv4, e.ipv6,
+                                           effective_profiles(e, snapshot.networks),
+                                           _internal(e, snapshot.networks)))
+    return out
 
 
 def desired(snapshot: Snapshot, node: str, version: int, host_policy: str = "drop",
@@ -126,7 +181,8 @@ def desired(snapshot: Snapshot, node: str, version: int, host_policy: str = "dro
                   for e in snapshot.endpoints.values())
     members = generator.tag_members(everywhere, snapshot.profiles)
     chains = generator.chain_rules(local, snapshot.profiles, version, host_policy,
-                                   docker_bridges=docker_bridges)
+                                   docker_bridges=[b for b in docker_bridges if _valid_iface(b)],
+                                   resolvers=controlplane.DNS_RESOLVERS)
     tags = generator.referenced_tags(local, snapshot.profiles, version)
     return chains, generator.set_members(tags, members, version)
 
@@ -140,6 +196,24 @@ def profiles_to_create(networks: Iterable[Network]) -> list[Network]:
     return [n for n in networks if n.default_profile and not n.profile_created]
 
 
+def used_profiles(endpoints: Iterable[Endpoint], networks: dict[str, Network]) -> set[str]:
+    """Every profile a network (as its default) or an endpoint names."""
+    used = {n.default_profile for n in networks.values() if n.default_profile}
+    for e in endpoints:
+        used.update(effective_profiles(e, networks))
+    return used
+
+
+def unused_auto_profiles(snapshot: Snapshot) -> list[str]:
+    """Profiles the agents made for a network that nothing in ``snapshot`` uses any more."""
+    used = used_profiles(snapshot.endpoints.values(), snapshot.networks)
+    return sorted(name for name, p in snapshot.profiles.items() if p.auto and name not in used)
+
+
+def node_addresses(snapshot: Snapshot) -> list[tuple[str | None, str | None]]:
+    return [(n.ipv4, n.ipv6) for n in snapshot.nodes.values()]
+
+
 @dataclass
 class Stats:
     applies: int = 0
@@ -151,7 +225,8 @@ class PolicyAgent:
     def __init__(self, store: Datastore, node: str, kernel: Kernel | None = None,
                  host_policy: str = "drop", refresh: float = 300.0,
                  observe: Callable[[bool, float, bool], None] | None = None,
-                 docker_bridges: Iterable[str] = ()):
+                 docker_bridges: Iterable[str] = (), etcd_hosts: Iterable[str] | None = None,
+                 resolver: controlplane.Resolver = controlplane.resolve):
         if host_policy not in generator.HOST_POLICIES:
             raise ValueError(f"invalid workload-to-host policy {host_policy!r}: use drop or accept")
         self.store = store
@@ -165,6 +240,14 @@ class PolicyAgent:
         self._chains: dict[int, dict[str, list[str]] | None] = {}  # what we last wrote
         self._sets: dict[int, dict[str, list[str]] | None] = {}
         self._pools: dict[int, list[str]] = {}
+        self._control: dict[int, list[str]] = {}
+        # the control plane's parts the snapshot does not hold (see profiles.controlplane)
+        config = getattr(store, "config", None)
+        self.etcd_hosts = list(etcd_hosts if etcd_hosts is not None
+                               else [e.host for e in getattr(config, "endpoints", ())])
+        self.resolver = resolver
+        self.etcd_resolved: dict[str, list[str]] = {}
+        self.local_addresses: list[str] = []
         self.docker_bridges: frozenset[str] = frozenset(docker_bridges)
         self._events: queue.Queue = queue.Queue()
         self._versions = self.kernel.versions()
@@ -173,16 +256,37 @@ class PolicyAgent:
     # -- reading etcd -------------------------------------------------------------
 
     def load(self) -> int:
-        """Read the three prefixes afresh; returns the revision to watch after."""
+        """Read the prefixes afresh (invalid records skipped and counted); returns the revision
+        to watch after."""
         snapshot = Snapshot()
         revision = None
         for prefix in PREFIXES:
             found = self.store.get_prefix(prefix)
             revision = found.revision if revision is None else revision
-            for kv in found:
-                snapshot.update(prefix, kv.key, kv.value)
+            table = snapshot.table(prefix)
+            for kv, record in codec.load_each(CLASSES[prefix], found):
+                table[snapshot.ident(prefix, kv.key)] = record
         self.snapshot = snapshot
         return revision or 0
+
+    # -- the control plane ----------------------------------------------------------
+
+    def refresh_control(self, etcd: bool = True) -> None:
+        """Resolve the etcd members again (``etcd``) and read this host's addresses; a failure
+        keeps what was known (logged)."""
+        if etcd:
+            self.etcd_resolved = controlplane.etcd_addresses(self.etcd_hosts, self.etcd_resolved,
+                                                             self.resolver)
+        try:
+            self.local_addresses = controlplane.local_addresses(self.kernel.addresses())
+        except KernelError as exc:
+            log.warning("cannot read this host's addresses (%s); the control plane keeps %d", exc,
+                        len(self.local_addresses))
+
+    def control_addresses(self) -> list[str]:
+        """Every control-plane address the set should hold now (both versions)."""
+        return controlplane.members(self.etcd_resolved, node_addresses(self.snapshot),
+                                    self.local_addresses)
 
     def create_network_profiles(self) -> None:
         """Give networks their default profile once (see the module docstring)."""
@@ -190,7 +294,7 @@ class PolicyAgent:
         for network in profiles_to_create(self.snapshot.networks.values()):
             name = network.default_profile
             try:
-                profiles.add(Profile.new(name))
+                profiles.add(replace(Profile.new(name), auto=True))
                 log.info("created profile %s for network %s", name, network.id[:12])
             except ProfileExists:
                 pass
@@ -198,12 +302,37 @@ class PolicyAgent:
                 log.error("network %s: cannot create profile %r: %s", network.id[:12], name, exc)
                 continue
             kv = self.store.get(keys.network(network.id))
-            if kv is None:
+            current = codec.load_one(Network, kv)
+            if current is None:
                 continue
-            current = codec.loads(Network, kv.value)
             if current.default_profile == name and not current.profile_created:
                 self.store.txn([ModRevisionIs(kv.key, kv.mod_revision)],
                                [Put(kv.key, codec.dumps(replace(current, profile_created=True)))])
+
+    def remove_unused_profiles(self) -> list[str]:
+        """Delete the ``auto`` profiles nothing uses any more (see the module docstring);
+        returns the names this agent deleted."""
+        candidates = unused_auto_profiles(self.snapshot)
+        if not candidates:
+            return []
+        networks = self.store.get_prefix(keys.NETWORKS)  # fresh: the snapshot only nominates
+        revision = networks.revision
+        fresh = {n.id: n for n in codec.load_all(Network, networks)}
+        used = used_profiles(codec.load_all(Endpoint, self.store.get_prefix(keys.ENDPOINTS)), fresh)
+        removed = []
+        for name in candidates:
+            if name in used:
+                continue
+            kv = self.store.get(keys.profile(name))
+            profile = codec.load_one(Profile, kv)
+            if profile is None or not profile.auto:
+                continue
+            if self.store.txn([ModRevisionIs(kv.key, kv.mod_revision),
+                               UnchangedSince(keys.NETWORKS, revision),
+                               UnchangedSince(keys.ENDPOINTS, revision)], [Delete(kv.key)]).succeeded:
+                log.info("removed profile %s: no network or endpoint uses it any more", name)
+                removed.append(name)
+        return removed
 
     # -- writing the kernel -------------------------------------------------------
 
@@ -232,6 +361,10 @@ class PolicyAgent:
         if full or self._pools.get(version) != pools:  # before the rules that name the set
             self.kernel.ipset_restore(generator.pools_text(pools, version))
             self._pools[version] = pools
+        control = generator.control_members(self.control_addresses(), version)
+        if full or self._control.get(version) != control:  # likewise
+            self.kernel.ipset_restore(generator.control_text(control, version))
+            self._control[version] = control
         applied_sets = {} if full else (self._sets.get(version) or {})
         changed = {n: m for n, m in sets.items() if applied_sets.get(n) != m}
         if changed:  # sets first: the rules about to be written reference them
@@ -269,13 +402,15 @@ class PolicyAgent:
     # -- the loop -----------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        """Sync, then follow etcd until ``stop`` is set; never gives up."""
+        """Sync, then follow etcd until ``stop`` is set; never gives up, never dies of an error."""
         delay = RETRY_MIN
         while not stop.is_set():
             try:
                 revision = self.load()
                 self.create_network_profiles()
+                self.refresh_control()
                 self.apply(full=True)
+                self.remove_unused_profiles()
                 log.info("policy in sync: %d local endpoints, %d profiles",
                          sum(e.host == self.node for e in self.snapshot.endpoints.values()),
                          len(self.snapshot.profiles))
@@ -286,6 +421,15 @@ class PolicyAgent:
                 log.warning("etcd: %s; keeping the current rules, retrying in %.1fs", exc, delay)
             except KernelError as exc:
                 log.error("%s; retrying in %.1fs", exc, delay)
+            except Exception:  # noqa: BLE001 - a bug or a record nobody foresaw: never a dead thread
+                self.stats.failures += 1
+                self._chains.clear()  # unknown state: the next attempt writes everything
+                self._sets.clear()
+                delay = max(delay, RETRY_MAX)
+                log.exception("policy agent: unexpected error; resyncing in %.1fs", delay)
+                stop.wait(delay)
+                delay = min(delay * 2, ERROR_RETRY_MAX)
+                continue
             stop.wait(delay)
             delay = min(delay * 2, RETRY_MAX)
 
@@ -309,7 +453,9 @@ class PolicyAgent:
                 except queue.Empty:
                     now = time.monotonic()
                     if now >= next_full:
+                        self.refresh_control()
                         self.apply(full=True)
+                        self.remove_unused_profiles()
                         next_full = now + self.refresh
                     if now >= next_jumps:
                         for version in self._versions:
@@ -322,7 +468,7 @@ class PolicyAgent:
                         batch.append(events.get_nowait())
                     except queue.Empty:
                         break
-                networks_changed = docker = changed = False
+                networks_changed = docker = changed = users_changed = False
                 for prefix, event in batch:
                     if prefix is None:  # a watch ended: resync from a fresh read
                         if not stop.is_set():
@@ -332,12 +478,18 @@ class PolicyAgent:
                         docker = True
                         continue
                     changed |= self.snapshot.update(prefix, event.key,
-                                                    event.value if event.kind == "put" else None)
+                                                    event.value if event.kind == "put" else None,
+                                                    event.mod_revision)
                     networks_changed |= prefix == keys.NETWORKS
+                    users_changed |= prefix in (keys.NETWORKS, keys.ENDPOINTS, keys.PROFILES)
                 if networks_changed:
                     self.create_network_profiles()
+                if docker:  # a bridge (and its address) came or went
+                    self.refresh_control(etcd=False)
                 if changed or docker:
                     self.apply()
+                if users_changed:
+                    self.remove_unused_profiles()
                 if docker:  # dockerd has just rewritten FORWARD: our jumps first again
                     for version in self._versions:
                         self.ensure_jumps(version)

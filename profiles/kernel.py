@@ -68,6 +68,10 @@ class Kernel:
         out = self._run([TOOLS[version][2], "-t", "filter"])
         return {line[1:].split()[0] for line in out.splitlines() if line.startswith(":")}
 
+    def addresses(self) -> str:
+        """``ip -j addr show`` of the namespace (JSON text; see profiles.controlplane)."""
+        return self._run(["ip", "-j", "addr", "show"])
+
     def ipset_restore(self, text: str) -> None:
         self._run(["ipset", "restore"], text)
 

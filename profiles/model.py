@@ -22,6 +22,8 @@ profile's rules as a whole (``rule json`` / ``rule update``) are
 
 Unknown rule keys are refused, also in records read from etcd: ignoring an
 unknown match would widen the rule, which is never safe for a firewall.
+A profile record may carry ``"auto": true``: the policy agent made it for a
+Docker network and removes it once nothing uses it (:mod:`profiles.agent`).
 Every validation error is a :class:`RuleError` or :class:`ProfileError`
 (both ValueError) with a one-line message.
 """
@@ -232,6 +234,7 @@ class Profile:
     tags: list[str] = field(default_factory=list)
     inbound_rules: list[Rule] = field(default_factory=list)
     outbound_rules: list[Rule] = field(default_factory=list)
+    auto: bool = False  # made by the policy agent for a Docker network, removed once unused
 
     def __post_init__(self) -> None:
         check_name(self.name)
@@ -264,9 +267,12 @@ class Profile:
                 "outbound_rules": [r.to_dict() for r in self.outbound_rules]}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "tags": list(self.tags),
-                "inbound_rules": [r.to_dict() for r in self.inbound_rules],
-                "outbound_rules": [r.to_dict() for r in self.outbound_rules]}
+        out = {"name": self.name, "tags": list(self.tags),
+               "inbound_rules": [r.to_dict() for r in self.inbound_rules],
+               "outbound_rules": [r.to_dict() for r in self.outbound_rules]}
+        if self.auto:
+            out["auto"] = True
+        return out
 
     @classmethod
     def from_dict(cls, data: Any) -> "Profile":
@@ -275,9 +281,26 @@ class Profile:
         tags = data.get("tags", [])
         if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
             raise ProfileError(f"the tags of profile {data['name']} must be a list of names")
+        auto = data.get("auto", False)
+        if not isinstance(auto, bool):
+            raise ProfileError(f"the auto flag of profile {data['name']} must be true or false")
         return cls(data["name"], tags,
                    parse_rules(data.get("inbound_rules", []), "inbound rule"),
-                   parse_rules(data.get("outbound_rules", []), "outbound rule"))
+                   parse_rules(data.get("outbound_rules", []), "outbound rule"), auto)
+
+    def validate(self) -> None:
+        """What codec checks on every read and write (the rest is checked on construction)."""
+        check_name(self.name)
+        for tag in self.tags:
+            check_name(tag, "tag")
+        for rule in self.inbound_rules + self.outbound_rules:
+            if not isinstance(rule, Rule):
+                raise ProfileError(f"profile {self.name}: a rule must be a Rule, not {rule!r}")
+
+    def check_key(self, key: str) -> None:
+        """A profile record sits at ``profiles/<its name>``."""
+        if keys.last_segment(key) != self.name:
+            raise ProfileError(f"profile {self.name} is stored under another name's key")
 
 
 def rules_from_document(data: Any, name: str) -> tuple[list[Rule], list[Rule]]:

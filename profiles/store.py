@@ -3,12 +3,14 @@
 Creation is create-if-absent (a duplicate is refused); every change is a
 read-modify-write that compares the key's mod_revision, retried when
 another writer got there first, so concurrent ``tag add`` / ``rule add``
-calls never lose each other's changes.
+calls never lose each other's changes. A change clears ``auto``: a profile
+the policy agent made for a network becomes the user's once they change it.
 """
 from __future__ import annotations
 
 import random
 import time
+from dataclasses import replace
 from typing import Callable
 
 from datastore import Datastore, codec, keys
@@ -40,8 +42,9 @@ class ProfileStore:
             raise ProfileExists(f"profile {profile.name} already exists")
 
     def find(self, name: str) -> Profile | None:
+        """The profile, None if absent; an invalid record is refused with codec's one-line error."""
         kv = self.store.get(keys.profile(check_name(name)))
-        return codec.loads(Profile, kv.value) if kv else None
+        return codec.loads(Profile, kv.value, kv.key) if kv else None
 
     def get(self, name: str) -> Profile:
         profile = self.find(name)
@@ -54,8 +57,8 @@ class ProfileStore:
                       for kv in self.store.get_prefix(keys.PROFILES, keys_only=True))
 
     def list(self) -> list[Profile]:
-        return sorted((codec.loads(Profile, kv.value) for kv in self.store.get_prefix(keys.PROFILES)),
-                      key=lambda p: p.name)
+        """Every valid profile (invalid records are skipped and counted)."""
+        return sorted(codec.load_all(Profile, self.store.get_prefix(keys.PROFILES)), key=lambda p: p.name)
 
     def remove(self, name: str) -> None:
         if not self.store.delete(keys.profile(check_name(name))):
@@ -71,11 +74,13 @@ class ProfileStore:
             kv = self.store.get(key)
             if kv is None:
                 raise ProfileNotFound(f"profile {name} does not exist")
-            changed = change(codec.loads(Profile, kv.value))
+            current = codec.loads(Profile, kv.value, key)
+            changed = change(current)
             if changed is None:
-                return codec.loads(Profile, kv.value)
+                return current
             if changed.name != name:
                 raise ProfileError("a profile cannot be renamed")
+            changed = replace(changed, auto=False)  # changed by the user: theirs, never removed by the agent
             if self.store.cas(key, codec.dumps(changed), kv.mod_revision):
                 return changed
             time.sleep(random.uniform(0, 0.01 * (attempt + 1)))

@@ -1,10 +1,12 @@
 """The policy agent against a real etcd and the real iptables/ipset of a test-made netns."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -119,7 +121,7 @@ def test_a_network_gets_its_profile_and_its_endpoints_use_it(store, ns, running)
     e = Endpoint("c" * 64, net.id, NODE, ["10.1.0.5"])
     put_endpoint(store, e)
     eventually(lambda: ProfileStore(store).find("net1") is not None)
-    assert ProfileStore(store).get("net1") == Profile.new("net1")
+    assert ProfileStore(store).get("net1") == replace(Profile.new("net1"), auto=True)
     eventually(lambda: codec.loads(Network, store.get(keys.network(net.id)).value).profile_created)
     tw = names.to_endpoint_chain(e.iface)
     pi = names.profile_chain("net1", "inbound")
@@ -232,4 +234,70 @@ def test_beside_dockers_firewall_jumps_boundary_and_pools(store, ns, running):
     running.docker_changed({"docker0"})
     eventually(lambda: not any("br-0123456789ab" in line for line in chains(ns)[g.DOCKER_BOUNDARY]))
     eventually(lambda: rules_of(ns, "FORWARD")[0] == f"-A FORWARD -j {g.FORWARD_CHAIN}")
+    assert running.stats.failures == 0
+
+
+# -- issue 12: the control plane, bad records, profiles made for a network -----------------------
+
+def test_the_control_plane_set_holds_etcd_nodes_and_this_host(store, ns, running):
+    from ipam.nodes import Node
+
+    sh(ns, "ip", "link", "add", "ul0", "type", "veth", "peer", "name", "ul1")
+    sh(ns, "ip", "addr", "add", "198.19.77.1/24", "dev", "ul0")
+    store.put(keys.node("other"), codec.dumps(Node("other", "198.19.77.2", "2001:db8:77::2")))
+    eventually(lambda: "198.19.77.2" in members(ns, names.CONTROL_SET[4]))
+    assert members(ns, names.CONTROL_SET[6]) >= {"2001:db8:77::2"}
+    running.docker_changed({"docker0"})  # re-reads this host's addresses at once
+    eventually(lambda: "198.19.77.1" in members(ns, names.CONTROL_SET[4]))
+    # the test's etcd is a loopback member: a workload's 127.0.0.1 is its own, nothing to add
+    assert not any(m.startswith("127.") for m in members(ns, names.CONTROL_SET[4]))
+    e = Endpoint("7" * 64, "", NODE, ["10.0.0.8"], profiles=[])
+    put_endpoint(store, e)
+    fw = names.from_endpoint_chain(e.iface)
+    eventually(lambda: any(g.FAILSAFE in line for line in chains(ns).get(fw, [])))
+    store.delete(keys.node("other"))
+    eventually(lambda: "198.19.77.2" not in members(ns, names.CONTROL_SET[4]))
+    assert running.stats.failures == 0
+
+
+def test_a_bad_record_never_stops_the_agent(store, ns, running):
+    ProfileStore(store).add(Profile.new("web"))
+    good = Endpoint("1" * 64, "", NODE, ["10.0.0.11"], profiles=["web"])
+    put_endpoint(store, good)
+    eventually(lambda: members(ns, names.tag_set("web", 4)) == {"10.0.0.11"})
+    bad = json.loads(codec.dumps(Endpoint("2" * 64, "", "elsewhere", ["10.0.0.12"], profiles=["web"])))
+    bad["ipv4"] = ["not-an-ip"]
+    store.put(keys.endpoint("elsewhere", "2" * 64), json.dumps(bad).encode())
+    store.put(keys.node("x"), b"{}")
+    store.put(keys.profile("junk"), b"not json")
+    later = Endpoint("3" * 64, "", NODE, ["10.0.0.13"], profiles=["web"])
+    put_endpoint(store, later)  # still followed: a new container gets its chains and set entry
+    eventually(lambda: members(ns, names.tag_set("web", 4)) == {"10.0.0.11", "10.0.0.13"})
+    assert names.from_endpoint_chain(later.iface) in chains(ns)
+    assert running.stats.failures == 0
+
+
+def test_a_profile_made_for_a_network_goes_when_nothing_uses_it(store, ns, running):
+    one = Network("a1" * 32, ["10.1.0.0/24"], name="gcnet")
+    two = Network("b2" * 32, ["10.1.0.0/24"], name="gcnet")  # the same network on another host
+    for net in (one, two):
+        store.put(keys.network(net.id), codec.dumps(net))
+    eventually(lambda: ProfileStore(store).find("gcnet") is not None)
+    e = Endpoint("c3" * 32, "", "elsewhere", ["10.1.0.9"], profiles=["gcnet"])
+    put_endpoint(store, e)
+    store.delete(keys.network(one.id))
+    store.delete(keys.network(two.id))
+    time.sleep(1)
+    assert ProfileStore(store).find("gcnet") is not None  # an endpoint still names it
+    store.delete(keys.endpoint(e.host, e.id))
+    eventually(lambda: ProfileStore(store).find("gcnet") is None)
+    # a profile the user made, or changed, is theirs
+    ProfileStore(store).add(Profile.new("handmade"))
+    mine = Network("d4" * 32, ["10.1.0.0/24"], name="kept")
+    store.put(keys.network(mine.id), codec.dumps(mine))
+    eventually(lambda: ProfileStore(store).find("kept") is not None)
+    ProfileStore(store).add_tag("kept", "extra")
+    store.delete(keys.network(mine.id))
+    time.sleep(1)
+    assert ProfileStore(store).find("kept") is not None and ProfileStore(store).find("handmade") is not None
     assert running.stats.failures == 0

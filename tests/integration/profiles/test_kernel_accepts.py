@@ -41,6 +41,7 @@ MEMBERS = {"web": {"10.0.0.1", "fd00::1", "10.1.1.1"}, "db": {"10.0.0.2"}}
 
 def apply(ns: str, rs: g.Ruleset) -> None:
     """In the agent's order: sets first (rules reference them), then the chains."""
+    _restore(ns, ["ipset", "restore"], rs.control)
     _restore(ns, ["ipset", "restore"], rs.ipsets)
     _restore(ns, [f"{TOOLS[rs.version]}-restore", "--noflush"], rs.filter)
 
@@ -96,3 +97,25 @@ def test_docker_boundary_and_internal_endpoints_load(version):
         assert ("10.0.0.0/16" in listed) == (version == 4) and ("fd00::/48" in listed) == (version == 6)
         _restore(ns, ["ipset", "restore"], g.pools_text(["10.0.0.0/16", "10.5.0.0/24"], version))
         assert ("10.5.0.0/24" in sh(ns, "ipset", "list", names.POOLS_SET[version]).stdout) == (version == 4)
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_failsafe_opening_rules_and_the_retired_chain(version):
+    control = ["198.19.0.1", "198.19.0.2", "2001:db8::1", "2001:db8::2"]
+    opened = {"db": profiles()["db"].with_rules("outbound", [
+        parse_rule("allow tcp to ports 9091 cidr 198.19.0.2/32".split()),
+        parse_rule("allow to cidr 2001:db8::2/128".split()), parse_rule(["allow"])]), "web": Profile.new("web")}
+    with temp_netns("wpf") as ns:
+        sh(ns, TOOLS[version], "-N", "WARREN-ALLOW-HOST")  # what an older agent left
+        rs = g.build(ENDPOINTS, opened, MEMBERS, version, control=control, resolvers=["198.19.0.2", "2001:db8::2"],
+                     existing_chains=chains(ns, version))
+        apply(ns, rs)
+        saved = sh(ns, f"{TOOLS[version]}-save", "-t", "filter").stdout
+        assert f"-A WARREN-FW-wrnaaaaaaaaaaa -m set --match-set warren-control-v{version} dst -j WARREN-FAILSAFE" in saved
+        assert "-A WARREN-FAILSAFE -m mark --mark 0x4000000/0x4000000 -j RETURN" in saved
+        assert "--dports 53" in saved and "WARREN-ALLOW-HOST" not in saved
+        opening = names.profile_chain("db", "open")
+        assert (f"-A {opening} -d 198.19.0.2/32 -p tcp -m multiport --dports 9091 -j MARK --set-xmark"
+                in saved) == (version == 4)
+        listed = sh(ns, "ipset", "list", names.CONTROL_SET[version]).stdout
+        assert ("198.19.0.2" in listed) == (version == 4) and ("2001:db8::2" in listed) == (version == 6)
