@@ -39,9 +39,11 @@ Chain layout (one table per IP version; ``wrn+`` = workload interfaces)::
         -i <bridge> ctstate !DNAT DROP          - bridge -> workload, not a published port
         -o <bridge> ctstate !DNAT DROP          - workload -> bridge, not a published port
     WARREN-FW-<iface>                           - from one workload
-        clear the ACCEPT and HOST mark bits
+        clear the ACCEPT, HOST and CONTROL mark bits
         anti-spoofing: a source that is not one of its addresses -> DROP
         (--internal) destination outside warren-pools-vN, not this host -> DROP
+        -j WARREN-PH-<profile>  ...             - opening rules of each of its profiles: marks only
+        destination in warren-control-vN -j WARREN-FAILSAFE
         -j WARREN-PO-<profile 1>;  mark ACCEPT -> RETURN
         -j WARREN-PO-<profile 2>;  mark ACCEPT -> RETURN   ...
         DROP                                    - no profile allowed it
@@ -52,8 +54,13 @@ Chain layout (one table per IP version; ``wrn+`` = workload interfaces)::
         <match> -j DROP                         - deny
         <match> -g WARREN-ALLOW                 - allow
         (end: RETURN without a mark - no decision, the next profile runs)
+    WARREN-PH-<profile>                         - its outbound allows naming a destination CIDR
+        <match> set HOST (+ CONTROL if the CIDR is one address)   - every one, no verdict
+    WARREN-FAILSAFE                             - a workload -> the control plane
+        mark CONTROL -> RETURN                  - a rule names this address
+        (a DNS resolver node: its port 53 -> RETURN)
+        DROP
     WARREN-ALLOW        set the ACCEPT mark; RETURN
-    WARREN-ALLOW-HOST   set the ACCEPT and HOST marks; RETURN
 
 Why "allow" marks and returns instead of ACCEPTing: a packet between two
 workloads of this host must pass the sender's outbound *and* the
@@ -109,22 +116,48 @@ host itself stays under the workload-to-host rules below. The pools are
 the ``hash:net`` sets ``warren-pools-v4``/``-v6`` (:func:`pools_text`),
 filled before the rules that name them.
 
-Workload -> host (INPUT): with ``host_policy="drop"`` (the default, as
-Felix's DEFAULT_INPUT_CHAIN_ACTION) only outbound allow rules that name a
-destination CIDR (``to cidr 10.0.0.1/32``) open the host: they jump to
-WARREN-ALLOW-HOST, which also sets the HOST mark. A general "allow" (such
-as the default profile's "outbound allow all") does not reach host
-services. With ``host_policy="accept"`` the host is a destination like any
-other: the outbound policy decides. Either way deny rules, anti-spoofing
-and the default DROP apply. Host -> workload (OUTPUT) is not policed.
+Opening rules. An outbound ``allow`` rule that names a destination CIDR
+(``to cidr 10.0.0.1/32``) is, besides its place in the profile's ordered
+chain, an *opening* rule: WARREN-PH-<profile> holds one copy of each, and
+every one that matches the packet sets HOST_MARK (and CONTROL_MARK when the
+CIDR is a single address, /32 or /128), before any profile decides and
+whatever the rule's position. An opening is necessary, not sufficient:
+the profiles still decide in order (an earlier deny wins). So an appended
+``allow tcp to ports 8080 cidr HOST/32`` behind the default ``allow``
+opens the host as written (with the ordered chain alone the ``allow``
+would match first and the host would stay closed).
 
-Warren owns packet mark bits 0x3000000 (ACCEPT_MARK | HOST_MARK); they are
-cleared by every endpoint chain and may still be set when a packet leaves.
+Workload -> host (INPUT): with ``host_policy="drop"`` (the default, as
+Felix's DEFAULT_INPUT_CHAIN_ACTION) the host is open only where an opening
+rule matched (HOST mark) and the profiles allow the packet. A general
+"allow" (such as the default profile's "outbound allow all") does not reach
+host services. With ``host_policy="accept"`` the host is a destination like
+any other: the outbound policy decides. Either way deny rules,
+anti-spoofing and the default DROP apply. Host -> workload (OUTPUT) is not
+policed.
+
+The control plane (:mod:`profiles.controlplane`: etcd members, every
+node's underlay addresses, this host's own addresses; the ``hash:ip`` sets
+``warren-control-v4``/``-v6``, filled by the agent before the rules) is off
+limits to workloads whatever the profiles and ``host_policy`` say: every
+endpoint chain sends a packet to it into WARREN-FAILSAFE *before* its
+profiles run, which drops it unless an opening rule naming that one address
+matched (CONTROL mark; a subnet or 0.0.0.0/0 never counts), or it is DNS to
+a node running a resolver (``resolvers``; none yet). This holds on FORWARD
+(other nodes, etcd members) and on INPUT (this host's underlay address;
+other host addresses such as the workloads' gateway follow ``host_policy``).
+
+Warren owns packet mark bits 0x7000000 (ACCEPT_MARK | HOST_MARK |
+CONTROL_MARK); they are cleared by every endpoint chain and may still be
+set when a packet leaves.
 
 Cost (see /work/shared/notes/dataplane.md): the conntrack ACCEPT comes
 first, so only a flow's first packet walks the chains; a tag is one
 ``-m set`` match whatever its size, so rules stay O(rules) and a membership
 change rewrites only the set (``ipset swap``), never a chain.
+
+Bad input never stops the render: an endpoint address that does not parse
+is left out (the endpoint cannot send from it: fails closed).
 
 Tag sets are ``hash:ip`` of one family, refilled atomically: the set is
 created if missing, a shared ``warren-v4-tmp`` (``-v6-``) set is filled and
