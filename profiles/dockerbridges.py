@@ -13,7 +13,8 @@ made. Three sources, united, because each alone has a gap:
   pattern is exact enough not to catch a host's own ``br-lan`` or ``br-ex``;
 * dockerd's API (``GET /networks`` of driver ``bridge``): the only source of a
   bridge named with ``-o com.docker.network.bridge.name=NAME``. A failed
-  call keeps what dockerd said last (a restart must not open the boundary).
+  call keeps what dockerd said last (a restart must not open the boundary);
+  a name no interface can have is ignored.
 
 :class:`DockerBridges` polls the kernel and dockerd every ``poll`` seconds
 (a directory listing and one local HTTP GET) and calls ``on_change(bridges)``
@@ -42,21 +43,28 @@ NAME_OPTION = "com.docker.network.bridge.name"
 NETWORKS_PATH = "/networks?filters=" + quote(json.dumps({"driver": ["bridge"]}))
 SYSFS_NET = "/sys/class/net"
 POLL = 1.0
+ERROR_BACKOFF_MAX = 30.0
 
 
-def bridge_name(network: Mapping[str, Any]) -> str | None:
-    """The bridge interface of one network of ``GET /networks``; None if not a bridge network."""
-    if network.get("Driver") != "bridge":
+IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")  # what a kernel interface name can be (IFNAMSIZ)
+
+
+def bridge_name(network: Any) -> str | None:
+    """The bridge interface of one network of ``GET /networks``; None if not a bridge network
+    (or not an answer that makes sense: a name no interface can have)."""
+    if not isinstance(network, Mapping) or network.get("Driver") != "bridge":
         return None
-    named = (network.get("Options") or {}).get(NAME_OPTION)
+    options = network.get("Options")
+    named = options.get(NAME_OPTION) if isinstance(options, Mapping) else None
     if named:
-        return str(named)
+        return str(named) if IFNAME.match(str(named)) else None
     ident = str(network.get("Id") or "")
-    return f"br-{ident[:12]}" if len(ident) >= 12 else None
+    name = f"br-{ident[:12]}" if len(ident) >= 12 else None
+    return name if name and IFNAME.match(name) else None
 
 
-def docker_bridges(networks: Iterable[Mapping[str, Any]]) -> set[str]:
-    return {name for name in map(bridge_name, networks) if name}
+def docker_bridges(networks: Iterable[Any]) -> set[str]:
+    return {name for name in map(bridge_name, networks or ()) if name}
 
 
 def kernel_bridges(sysfs: str = SYSFS_NET) -> set[str]:
@@ -104,10 +112,15 @@ class DockerBridges:
         return bridges
 
     def run(self, stop: threading.Event) -> None:
+        """Poll until ``stop``; an unexpected error is logged and polling resumes after a
+        backoff (doubling up to ERROR_BACKOFF_MAX), never ending the thread."""
+        wait = self.poll
         while True:
             try:
                 self.poll_once()
-            except Exception:  # on_change failed: the agent logs its own errors; keep following
-                log.exception("following Docker's bridges")
-            if stop.wait(self.poll):
+                wait = self.poll
+            except Exception:  # noqa: BLE001 - on_change failed, or dockerd said something odd
+                wait = min(max(wait * 2, self.poll), ERROR_BACKOFF_MAX)
+                log.exception("following Docker's bridges; again in %.0fs", wait)
+            if stop.wait(wait):
                 return

@@ -106,3 +106,30 @@ def test_a_failing_callback_does_not_end_the_watch(tmp_path):
 def test_docker0_is_always_there(tmp_path, answer):
     watcher = db.DockerBridges(Dockerd(*answer), lambda b: None, sysfs=sysfs(tmp_path))
     assert watcher.poll_once() == {"docker0"}
+
+
+def test_answers_no_interface_can_match_are_ignored(tmp_path):
+    odd = [None, "x", {"Driver": "bridge", "Options": "nope", "Id": "0123456789abcdef"},
+           {"Driver": "bridge", "Options": {db.NAME_OPTION: "has space; -j ACCEPT"}, "Id": "f" * 64},
+           {"Driver": "bridge", "Id": "short"}]
+    assert db.docker_bridges(odd) == {"br-0123456789ab"}
+    watcher = db.DockerBridges(lambda: odd, lambda b: None, sysfs=sysfs(tmp_path))
+    assert watcher.poll_once() == {"docker0", "br-0123456789ab"}
+
+
+def test_errors_back_off_and_the_loop_goes_on(tmp_path, monkeypatch):
+    import threading
+
+    waits = []
+
+    class Stop(threading.Event):
+        def wait(self, timeout=None):
+            waits.append(timeout)
+            return len(waits) >= 5
+
+    def failing():
+        raise RuntimeError("a bug")
+    watcher = db.DockerBridges(lambda: [], lambda b: None, sysfs=sysfs(tmp_path), poll=1.0)
+    monkeypatch.setattr(watcher, "poll_once", failing)
+    watcher.run(Stop())
+    assert waits == [2.0, 4.0, 8.0, 16.0, 30.0]
