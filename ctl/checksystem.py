@@ -4,13 +4,18 @@ Kernel features are probed for real, in a throw-away network namespace (no
 packet is sent, nothing on the host changes): veth, vxlan and ipip devices,
 an ipset, an iptables rule with conntrack and set matches. Then the
 environment Warren depends on: IPv6, dockerd and the plugin socket, etcd
-(and TLS when configured), ExaBGP. Each line is ✔ or ✘ with a fix; the exit
-status is non-zero when something required is missing. ipip and vxlan are
-required only when a pool uses them (otherwise a missing one is a warning).
+(and TLS when configured), ExaBGP. Each line is ✔ or ✘ with a fix (``!`` for
+a warning); the exit status is non-zero when something required is missing.
+ipip and vxlan are required only when a pool uses them (otherwise a missing
+one is a warning). An etcd member that is not on loopback and is reached
+without TLS and a client certificate is a warning (issue 12): whoever
+reaches it on the network can rewrite every record; Warren keeps workloads
+off it (:mod:`profiles.controlplane`), but nothing else does.
 """
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import secrets
 import shutil
@@ -78,6 +83,34 @@ def kernel_checks(encaps: set[str]) -> list[Check]:
         _run(["ip", "netns", "del", ns])
 
 
+LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
+TLS_FIX = ("serve etcd over https with client certificates and set WARREN_ETCD_ENDPOINTS=https://... "
+           "and WARREN_ETCD_CA, WARREN_ETCD_CERT, WARREN_ETCD_KEY")
+
+
+def _loopback(host: str) -> bool:
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def etcd_tls_check(config) -> Check:
+    """Warn about etcd members off loopback reached without TLS or without a client certificate."""
+    remote = [e.url for e in config.endpoints if not _loopback(e.host)]
+    if not remote:
+        return Check("etcd TLS", True, "etcd is on loopback only", required=False)
+    if not config.tls:
+        return Check("etcd TLS", False, f"{', '.join(remote)} is not on loopback and not TLS: anyone who "
+                     "reaches it can read and rewrite Warren's records", TLS_FIX, required=False)
+    if not config.cert:
+        return Check("etcd TLS", False, "TLS without a client certificate: etcd cannot tell Warren from "
+                     "anyone else", TLS_FIX, required=False)
+    return Check("etcd TLS", True, "TLS with a client certificate", required=False)
+
+
 def environment_checks(ctx, socket_path: str) -> tuple[list[Check], set[str]]:
     checks, encaps = [], set()
     checks.append(Check("IPv6", os.path.exists("/proc/sys/net/ipv6"), "IPv6 is enabled",
@@ -86,6 +119,7 @@ def environment_checks(ctx, socket_path: str) -> tuple[list[Check], set[str]]:
         ctx.store.revision()
         tls = " over TLS" if ctx.store.config.tls else ""
         checks.append(Check("etcd", True, f"reachable at {', '.join(ctx.store.config.urls)}{tls}"))
+        checks.append(etcd_tls_check(ctx.store.config))
         encaps = {p.encap for p in PoolStore(ctx.store).list()}
     except (DatastoreError, ValueError) as exc:
         checks.append(Check("etcd", False, str(exc), "start etcd (scripts/local-etcd start) or set "
