@@ -70,7 +70,7 @@ from datastore import (Datastore, Delete, Get, ModRevisionIs, Put, codec, keys)
 
 from .blocks import Block, block_of, candidate_blocks
 from .config import IpamConfig, load_config
-from .errors import (AddressNotInPool, Contention, InvalidRequest, IpamError,
+from .errors import (AddressInUse, AddressNotInPool, Contention, InvalidRequest, IpamError,
                      PoolExhausted, PoolNotFound)
 from .pools import Pool
 from .poolstore import PoolEntry, PoolStore
@@ -288,10 +288,10 @@ class Allocator:
         return self._named.owner
 
     def _take(self, new: Block, handle: str, attrs: dict[str, str],
-              owner: dict[str, tuple[str, str]]) -> tuple[str, list[tuple[str, str]]] | None:
+              owner: dict[str, tuple[str, str]]) -> tuple[str | None, list[tuple[str, str]]]:
         """Allocate the next free address of ``new`` that no record names. Addresses records
-        name met on the way are re-imported for those records. Returns the address and the
-        re-imported (address, handle) pairs; None if no address is left in the block."""
+        name met on the way are re-imported for those records. Returns the address (None if
+        none is left in the block) and the re-imported (address, handle) pairs."""
         extras: list[tuple[str, str]] = []
         while new.unallocated:
             address = new.address(new.unallocated[0])
@@ -305,7 +305,7 @@ class Allocator:
             extras.append((address, holder))
             log.warning("%s is free in block %s but endpoint %s on host %s names it: "
                         "kept for that record, not handed out", address, new.cidr, named[1][:12], named[0])
-        return None
+        return None, extras
 
     def _pool_for(self, block: Block, wanted: dict[str, PoolEntry]) -> PoolEntry | None:
         """The wanted pool ``block`` serves: its own, or - for a block whose pool was removed
@@ -329,10 +329,12 @@ class Allocator:
         owner = self._named_owner(block.cidr, revision)
         new = block.copy()
         new.pool = pool.pool.cidr  # adopts an orphan block
-        taken = self._take(new, handle, attrs, owner)
-        if taken is None:
+        address, extras = self._take(new, handle, attrs, owner)
+        if address is None:
+            if extras:  # the block's last free addresses are named: keep them for their records
+                self._commit(new, revision, pool, None, None, extras)
             return None
-        return self._commit(new, revision, pool, handle, taken[0], taken[1])
+        return self._commit(new, revision, pool, handle, address, extras)
 
     # -- assignment ---------------------------------------------------------
 
@@ -383,9 +385,9 @@ class Allocator:
                 if cidr in existing or (odd and _overlaps(cidr, odd)):
                     continue
                 new = Block.new(cidr, entry.pool.cidr, self.host)
-                taken = self._take(new, handle, attrs, self._named_owner(cidr, 0))
-                if taken is not None:
-                    return self._commit(new, 0, entry, handle, taken[0], taken[1])
+                address, extras = self._take(new, handle, attrs, self._named_owner(cidr, 0))
+                if address is not None:
+                    return self._commit(new, 0, entry, handle, address, extras)
         return None
 
     def _assign_address(self, handle: str, address: str, attrs: dict[str, str]) -> Assignment:
@@ -472,11 +474,14 @@ class Allocator:
         index = self.store.get(key)
         return (key, index.mod_revision) if index is not None else None
 
-    def _commit(self, new: Block, revision: int, pool: PoolEntry, handle: str,
-                address: str, extras: list[tuple[str, str]] = ()) -> Assignment:
+    def _commit(self, new: Block, revision: int, pool: PoolEntry, handle: str | None,
+                address: str | None, extras: list[tuple[str, str]] = ()) -> Assignment | None:
+        """Write ``new`` (with ``handle`` holding ``address``, unless None, and the re-imported
+        ``extras``) if the block and the pool are as read; else refresh and raise _Conflict."""
         block_key, pool_key = keys.block(new.cidr), keys.pool(pool.pool.cidr)
-        success = [Put(block_key, codec.dumps(new)),
-                   Put(keys.handle(handle, address), codec.dumps(HandleRef(new.cidr)))]
+        success = [Put(block_key, codec.dumps(new))]
+        if handle is not None and address is not None:
+            success.append(Put(keys.handle(handle, address), codec.dumps(HandleRef(new.cidr))))
         success += [Put(keys.handle(h, a), codec.dumps(HandleRef(new.cidr))) for a, h in extras]
         if revision == 0:  # claiming a new block for this host
             success.append(Put(keys.affinity(self.host, new.cidr), b"{}"))
@@ -486,6 +491,8 @@ class Allocator:
         if result.succeeded:
             self._remember(new, result.revision)
             self._own[new.cidr] = result.revision  # an allocation on a base checked against records
+            if address is None:
+                return None
             return Assignment(address, pool.pool.cidr, new.cidr, pool.pool.network.prefixlen,
                               result.revision)
         block_kv, pool_kv = result.results
@@ -526,8 +533,7 @@ class Allocator:
         block.release(address)
         compare = [ModRevisionIs(kv.key, kv.mod_revision)]
         ops = [Delete(keys.handle(held.handle, address))]
-        if block.used == 0 and (entry is None or entry.pool.cidr != block.pool) \
-                and self.store.get(keys.pool(block.pool)) is None:
+        if block.used == 0 and self.store.get(keys.pool(block.pool)) is None:
             # the last address of a block kept from a removed pool: the block goes too
             compare.append(ModRevisionIs(keys.pool(block.pool), 0))
             ops += [Delete(kv.key)] + ([Delete(keys.affinity(block.affinity, cidr))] if block.affinity else [])
