@@ -54,6 +54,11 @@ class PeerRecord:
         if self.password is not None:
             config.check_password(self.password)
 
+    def check_key(self, key: str) -> None:
+        """A peer record sits at its own (canonical) address: ``.../peers/<address>``."""
+        if key.rsplit("/", 1)[-1] != self.address:
+            raise ValueError(f"the record at {key} names another peer, {self.address}")
+
 
 @dataclass
 class SessionStatus:

@@ -83,11 +83,12 @@ def test_invalid_records_are_skipped_and_counted_at_read_time(store):
                             ("10.0.0.12", {"address": "0.0.0.0", "as_number": 65000}),
                             ("10.0.0.13", {"address": "10.0.0.13", "as_number": "65000"}),
                             ("10.0.0.14", {"address": "10.0.0.14", "as_number": 65000, "password": "\u00e9"}),
-                            ("10.0.0.15", [1, 2])]:
+                            ("10.0.0.15", [1, 2]),
+                            ("10.0.0.16", {"address": "10.0.0.17", "as_number": 65000})]:  # not its key
         store.put(keys.bgp_peer(address), json.dumps(record).encode())
     before = codec.SKIPPED["PeerRecord"]
     assert peers(store) == [good]
-    assert codec.SKIPPED["PeerRecord"] - before == 6
+    assert codec.SKIPPED["PeerRecord"] - before == 7
     assert [n.name for n in registered_nodes(store)] == sorted(n.name for n in NODES)
 
 
