@@ -58,9 +58,8 @@ import threading
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from datastore import Datastore, DatastoreError, Watch, keys
+from datastore import Datastore, DatastoreError, Watch, codec, keys
 from ipam.pools import Pool
-from ipam.poolstore import PoolStore
 
 log = logging.getLogger("warren.bgp.natout")
 
@@ -204,7 +203,8 @@ class NatOutgoing:
 
         Raises DatastoreError (kernel untouched) or NatError.
         """
-        pools = PoolStore(store).list()
+        pools = sorted(codec.load_all(Pool, store.get_prefix(keys.POOLS)),  # invalid records skipped
+                       key=lambda p: (p.version, p.network))
         with self._lock:
             self._apply(pools)
             summary = Summary.of(pools)
@@ -231,8 +231,8 @@ class NatOutgoing:
                 log.warning("nat-outgoing: %s; keeping the current rules, retrying in %.0fs", exc, delay)
             except NatError as exc:
                 log.error("nat-outgoing: %s; retrying in %.0fs", exc, delay)
-            except ValueError as exc:  # a pool record that does not parse
-                log.error("nat-outgoing: bad pool record: %s; retrying in %.0fs", exc, delay)
+            except Exception:  # never die: log it and resync after the delay
+                log.exception("nat-outgoing failed; retrying in %.0fs", delay)
             stop.wait(delay)
             delay = min(delay * 2, RETRY_MAX)
 

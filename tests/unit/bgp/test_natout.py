@@ -428,3 +428,35 @@ def test_follow_returns_when_stopped_during_a_watch(following):
     recorder.wait_for([])
     assert not store.watching(1).cancelled
     assert thread.is_alive()  # the fixture stops it and asserts it returns
+
+
+class GarbageStore(FakeStore):
+    """One pool record that is not a pool, beside the good ones."""
+
+    def get_prefix(self, prefix: str, keys_only: bool = False) -> Range:
+        good = super().get_prefix(prefix, keys_only)
+        return Range(good.kvs + [KV(keys.pool("10.99.0.0/24"), b'{"cidr": 5}', self.rev)], good.revision)
+
+
+def test_a_garbage_pool_record_never_stops_the_others(following):
+    store, recorder = GarbageStore([Pool("10.20.30.0/24", nat_outgoing=True)]), Recorder()
+    following(store, recorder)
+    recorder.wait_for(["10.20.30.0/24"])
+    store.watching(1)
+    store.change([Pool("10.20.30.0/24", nat_outgoing=True), Pool("10.20.31.0/24")])
+    recorder.wait_for(["10.20.30.0/24", "10.20.31.0/24"])
+
+
+def test_an_unexpected_error_is_logged_and_the_loop_goes_on(following, caplog):
+    class Flaky(Recorder):
+        raised = False
+
+        def __call__(self, pools):
+            if not self.raised:
+                self.raised = True
+                raise RuntimeError("unexpected")
+            super().__call__(pools)
+    store, recorder = FakeStore([Pool("10.20.30.0/24")]), Flaky()
+    following(store, recorder)
+    recorder.wait_for(["10.20.30.0/24"])
+    assert "nat-outgoing failed" in caplog.text and "RuntimeError: unexpected" in caplog.text
