@@ -300,10 +300,10 @@ class Supervisor:
                 out.close()
         child.pid, child.started = child.proc.pid, self.clock()
         child.answered, child.failures, child.next_probe = False, 0, child.started + 1.0
+        if child.group_file:  # first: once the pid file names it, node stop may look for its group
+            record_group(child.group_file, child.pid)
         if not child.writes_pidfile:
             _write_pidfile(child.pidfile, child.pid)
-        if child.group_file:
-            record_group(child.group_file, child.pid)
         log.info("started %s (pid %d)", child.name, child.pid)
 
     def retry_now(self) -> None:

@@ -43,6 +43,14 @@ def wait_dead(pid: int, timeout: float = 10) -> None:
         time.sleep(0.02)
 
 
+def exec_done(c: sv.Child, timeout: float = 10) -> None:
+    """Wait until the child's command line shows (it is empty for a moment after fork+exec)."""
+    deadline = time.monotonic() + timeout
+    while not sv.running(c.pid, (c.mark.encode(),)):
+        assert time.monotonic() < deadline, f"{c.name} never ran"
+        time.sleep(0.01)
+
+
 @pytest.fixture
 def cleanup():
     pids: list[int] = []
@@ -70,6 +78,8 @@ def test_missing_children_are_started_and_only_the_dead_one_is_restarted(tmp_pat
     sup = sv.Supervisor([agent, plugin], clock=clock)
     sup.check()
     cleanup += [agent.pid, plugin.pid]
+    exec_done(agent)
+    exec_done(plugin)
     assert sv.running_pid(agent.pidfile, agent.mark.encode()) == agent.pid
     assert sv.running_pid(plugin.pidfile, plugin.mark.encode()) == plugin.pid
     first_agent, first_plugin = agent.pid, plugin.pid
