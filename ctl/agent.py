@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run-dir", required=True)
     ap.add_argument("--log-dir", required=True)
     ap.add_argument("--no-bgp", action="store_true", help="no BGP speaker (single host)")
-    ap.add_argument("--lease", type=int, help="the liveness lease `node start` claimed: kept alive here")
+    ap.add_argument("--lease", type=int, help="the liveness lease `node start` claimed: kept alive here "
+                                               "(0: claim one; an expired one is claimed again)")
     ap.add_argument("--ip", help="this node's underlay IPv4 (its identity when the lease is claimed again)")
     args = ap.parse_args(argv)
     from bgp.natout import NatOutgoing  # here, so `warrenctl` need not import them
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     guard.start_guarded("policy", policy.run, stop, **options)
     guard.start_guarded("nat-outgoing", lambda ev: NatOutgoing().follow(store, ev), stop, **options)
     guard.start_guarded("docker-bridges", bridges.run, stop, **options)
-    if args.lease:
+    if args.lease is not None:
         guard.start_guarded("liveness", lambda ev: keep_node_alive(store, args, ev), stop, **options)
     log.info("node agent for %s started (bgp %s)", args.node, "off" if args.no_bgp else "on")
     if args.no_bgp:
@@ -120,11 +121,12 @@ def keep_node_alive(store, args, stop: threading.Event) -> None:
     while it was down; keep_alive claims the name again."""
     from datastore import DatastoreError
     from ipam import IpamError
-    from ipam.nodes import LIVENESS_TTL, Node, keep_alive, release
+    from ipam.nodes import LIVENESS_TTL, Node, claim, keep_alive, release
     node, lease = Node(name=args.node, ipv4=args.ip), args.lease
     while True:
         try:
-            renewed = keep_alive(store, node, lease)
+            # lease 0: a supervisor adopted by a later `node start` restarts us without one
+            renewed = keep_alive(store, node, lease) if lease else claim(store, node)
             if renewed != lease:
                 log.warning("liveness lease had expired; claimed the node name again")
             lease = args.lease = renewed  # a restarted loop goes on with the new lease

@@ -23,7 +23,7 @@ server withdraws the host's routes and cuts cross-host traffic.
 Where it runs:
 
 * ``warrenctl node start`` (background): a detached ``python -m
-  ctl.supervisor SPEC`` (stdlib only, ~10 MiB), with its pid file
+  ctl.supervisor SPEC`` (stdlib only, ~15 MiB resident), with its pid file
   ``supervisor.pid`` and its log ``supervisor.log``; SPEC is the JSON
   ``supervisor.json`` node start writes (argv and files of both children; the
   environment is inherited);

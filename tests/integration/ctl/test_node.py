@@ -165,7 +165,8 @@ def test_node_start_foreground_serves_until_stopped(host):
 
 def test_foreground_node_notifies_supervises_and_stops_cleanly(host, tmp_path):
     """What a systemd unit or a container gets: READY=1 once the socket answers, a dead agent
-    restarted, and SIGTERM stopping the agent, then the server, with exit 0."""
+    restarted, a dead server restarted alone (the agent stays), and SIGTERM stopping the agent,
+    then the server, with exit 0."""
     import socket as socketlib
     ns, env, sock = host
     notify = str(tmp_path / "notify.sock")
@@ -187,6 +188,22 @@ def test_foreground_node_notifies_supervises_and_stops_cleanly(host, tmp_path):
             time.sleep(0.2)
         shown = warrenctl(ns, env, "node", "show", "--json").stdout
         assert '"alive": true' in shown
+        # kill -9 the plugin server: restarted alone; the main process and the agent stay
+        agent_pid = int((tmp_path / "run" / "t1" / "agent.pid").read_text())
+        server_pid = int((tmp_path / "run" / "t1" / "plugin.pid").read_text())
+        os.kill(server_pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if int((tmp_path / "run" / "t1" / "plugin.pid").read_text()) != server_pid and \
+                        ok(sock, "Plugin.Activate"):
+                    break
+            except (OSError, ValueError, AssertionError):
+                pass
+            assert time.monotonic() < deadline, "the plugin server was not restarted"
+            time.sleep(0.1)
+        assert proc.poll() is None and _live(agent_pid)
+        assert int((tmp_path / "run" / "t1" / "agent.pid").read_text()) == agent_pid
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
