@@ -9,16 +9,25 @@ last address). Adding the pool again reuses those blocks, so IPAM never hands an
 address a running container holds to a second one (:mod:`ipam.poolremoval`,
 :mod:`ipam.allocator`). ``warrenctl ipam check --repair`` frees kept addresses
 whose container is gone.
+
+``pool add`` refuses a pool that overlaps this host's subnets, a registered
+node's underlay address or an etcd member (:mod:`ipam.underlay`): its first
+blackhole route would cut the node off etcd and its peers.
 """
 from __future__ import annotations
 
 import argparse
+import logging
 
+from datastore import EtcdConfig
 from ipam import PoolStore, make_pool
 from ipam.poolremoval import remove_keeping_held
 from ipam.pools import parse_cidr
+from ipam.underlay import Protected, cluster_protected, host_protected, refuse_overlap
 
 from .output import as_json, table
+
+log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -55,10 +64,29 @@ def register(sub: argparse._SubParsersAction) -> None:
 def pool_add(args, ctx) -> int:
     pools = [make_pool(c, ipip=args.ipip, vxlan=args.vxlan, nat_outgoing=args.nat_outgoing,
                        disabled=args.disabled, block_size=args.block_size) for c in args.cidrs]
+    protected = protected_networks(ctx)
+    for p in pools:
+        refuse_overlap(p, protected)
     PoolStore(ctx.store).add(pools)
     for p in pools:
         print(f"Added pool {p.cidr}")
     return 0
+
+
+def protected_networks(ctx) -> list[Protected]:
+    """This host's subnets, every node's underlay addresses and the etcd members'."""
+    from plugin.dataplane import Dataplane  # pyroute2: only for the commands that need the kernel
+    try:
+        dataplane = Dataplane()
+        try:
+            host = host_protected(dataplane.host_subnets())
+        finally:
+            dataplane.close()
+    except Exception as exc:  # no netlink here (e.g. a container without it): the cluster's part still holds
+        log.warning("cannot read this host's addresses: %s", exc)
+        host = []
+    etcd_hosts = [e.host for e in EtcdConfig.from_env(endpoints=ctx.endpoints).endpoints]
+    return host + cluster_protected(ctx.store, etcd_hosts)
 
 
 def pool_remove(args, ctx) -> int:

@@ -22,6 +22,7 @@ from werkzeug.exceptions import HTTPException
 
 from datastore import DatastoreError
 from ipam import IpamError
+from ipam.underlay import Protected, cluster_protected, host_protected
 
 from .dataplane import DataplaneError
 from . import metrics
@@ -93,6 +94,15 @@ def _string_map(body: dict, name: str) -> dict[str, str]:
 
 # -- the app ----------------------------------------------------------------
 
+def protected_networks(network: NetworkDriver) -> list[Protected]:
+    """What a new pool must not overlap: this host's subnets (from the driver's dataplane),
+    every node's underlay addresses and the etcd members (:mod:`ipam.underlay`)."""
+    subnets = getattr(network.dataplane, "host_subnets", None)  # a test's fake may have none
+    config = getattr(network.store, "config", None)
+    etcd_hosts = [e.host for e in config.endpoints] if config is not None else []
+    return host_protected(subnets() if subnets else []) + cluster_protected(network.store, etcd_hosts)
+
+
 def create_app(network: NetworkDriver, ipam: IpamDriver, scope: str = "local",
                connectivity_scope: str = "global") -> Flask:
     app = Flask("warren")
@@ -101,6 +111,7 @@ def create_app(network: NetworkDriver, ipam: IpamDriver, scope: str = "local",
     # CreateNetwork names pools IPAM has; CreateEndpoint names addresses IPAM holds (issue 12)
     network.pool_exists = lambda cidr: ipam.pools.get(cidr) is not None
     network.address_proof = ipam.proof
+    ipam.protected = lambda: protected_networks(network)
     publishing = Publishing(network, network.ports)
     routes: dict[str, Callable[[dict], Any]] = {}
 

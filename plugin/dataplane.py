@@ -76,6 +76,8 @@ ENCAP_OVERHEAD = {"none": 0, "ipip": 20, "vxlan": 50}
 IFA_F_NODAD, IFA_F_NOPREFIXROUTE = 0x02, 0x200
 CLONE_NEWNET = 0x40000000
 EEXIST, ENODEV = 17, 19
+# Warren's own interfaces (workload veths, the tunnel devices): never the underlay
+NOT_UNDERLAY = (HOST_PREFIX, TMP_PREFIX, "tunl0", "warren-")
 
 
 def gateway_v4(slot: int) -> str:
@@ -338,6 +340,23 @@ class Dataplane:
                 for r in ipr.get_routes(family=family, proto=RTPROT_WARREN):
                     routes[r.get_attr("RTA_DST")] = r.get_attr("RTA_OIF")
             return routes
+
+    def host_subnets(self) -> list[tuple[str, str]]:
+        """(interface, CIDR) of every global address on an interface that is not Warren's own
+        (workload veths, tunl0, the VXLAN device) nor loopback: what no pool may overlap
+        (:mod:`ipam.underlay`)."""
+        with self._netlink() as ipr:
+            names = {link["index"]: link.get_attr("IFLA_IFNAME") or "" for link in ipr.get_links()}
+            out = []
+            for addr in ipr.get_addr():
+                name = names.get(addr["index"], "")
+                if addr["scope"] != 0 or name == "lo" or name.startswith(NOT_UNDERLAY):
+                    continue
+                address = addr.get_attr("IFA_ADDRESS")
+                if address:
+                    net = ipaddress.ip_network(f"{address}/{addr['prefixlen']}", strict=False)
+                    out.append((name, str(net)))
+            return out
 
     def interface_mtu(self, ifname: str) -> int:
         with self._netlink() as ipr:

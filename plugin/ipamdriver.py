@@ -16,6 +16,9 @@
   (dockerd releases the pools of a ``docker network create`` the driver
   refused): it is removed again if no network record names it and it holds
   no address, so a refused create leaves nothing in etcd.
+* A *new* pool (RequestPool of a subnet IPAM does not have yet) must not
+  overlap this host's subnets, a node's underlay address or an etcd member
+  (:mod:`ipam.underlay`; ``protected`` is wired by :func:`plugin.app.create_app`).
 * ``PoolID`` must be a strict CIDR and ``Address`` a plain address, else the
   request is refused before IPAM is touched.
 * :meth:`IpamDriver.proof` tells the NetworkDriver which allocation holds an
@@ -33,11 +36,13 @@ import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Callable
 
 from datastore import codec, keys
 
 from ipam import Allocator, InvalidPool, IpamError, PoolStore, make_pool
 from ipam.pools import Pool, parse_cidr
+from ipam.underlay import Protected, refuse_overlap
 from ipam.workloads import Network
 
 from . import metrics
@@ -90,6 +95,7 @@ class IpamDriver:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     # address -> (handle index key, its mod revision) of allocations this driver made
     _issued: OrderedDict = field(default_factory=OrderedDict)
+    protected: Callable[[], list[Protected]] | None = None  # what a new pool must not overlap
 
     @property
     def pools(self) -> PoolStore:
@@ -106,6 +112,8 @@ class IpamDriver:
         wanted = pool_from_options(str(net), options)
         existing = self.pools.get(wanted.cidr)
         if existing is None:
+            if self.protected is not None:
+                refuse_overlap(wanted, self.protected())
             try:
                 self.pools.add([wanted])
                 with self._lock:

@@ -727,3 +727,12 @@ def test_request_and_release_address_refuse_garbage(client, store):
     assert "not an IP address" in err(client, "IpamDriver.ReleaseAddress",
                                       {"PoolID": "10.20.10.0/24", "Address": "../x"})
     assert snapshot(store) == before
+
+
+def test_request_pool_refuses_a_new_pool_over_a_nodes_underlay_address(client, store):
+    from ipam.nodes import Node, register
+    register(store, Node(name="far", ipv4="10.20.10.7"))
+    before = snapshot(store)
+    message = err(client, "IpamDriver.RequestPool", {"Pool": "10.20.10.0/24"})
+    assert "10.20.10.7 of node far" in message and "\n" not in message
+    assert snapshot(store) == before
