@@ -301,7 +301,8 @@ class Allocator:
                 return address, extras
             holder = record_handle(named[1])
             new.allocate_address(address, holder, named[0],
-                                 {"purpose": RECORD_PURPOSE, "endpoint": named[1][:64]})
+                                 {"purpose": RECORD_PURPOSE, "endpoint": named[1][:64],
+                                  "since": str(int(time.time()))})
             extras.append((address, holder))
             log.warning("%s is free in block %s but endpoint %s on host %s names it: "
                         "kept for that record, not handed out", address, new.cidr, named[1][:12], named[0])
