@@ -71,7 +71,7 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
     start.add_argument("--ip", help="this host's underlay IPv4 address (default: of the default route)")
     start.add_argument("--ip6", help="this host's underlay IPv6 address")
     start.add_argument("--socket", default=os.environ.get("WARREN_PLUGIN_SOCKET", DEFAULT_SOCKET))
-    start.add_argument("--foreground", action="store_true", help="run the plugin in this process")
+    start.add_argument("--foreground", action="store_true", help="supervise the node from this process (systemd, containers)")
     start.add_argument("--no-bgp", action="store_true", help="do not run a BGP speaker (single host)")
     start.add_argument("--workload-to-host", choices=("drop", "accept"),
                        default=os.environ.get(HOST_POLICY_ENV) or "drop",

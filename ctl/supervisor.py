@@ -28,8 +28,11 @@ Where it runs:
   ``supervisor.json`` node start writes (argv and files of both children; the
   environment is inherited);
 * ``warrenctl node start --foreground`` (systemd's warren-node.service, a
-  container's PID 1): the same class in the main process, which also reaps
-  orphans (:func:`reap_orphans`: as PID 1 it inherits them).
+  container's PID 1): the same class in the main process.
+
+Either way it is a child subreaper and reaps orphans (:func:`reap_orphans`):
+what a killed agent leaves is reparented to it, not to an init that may not
+reap (a container's PID 1 is the supervisor itself).
 
 When the supervisor itself is killed its children run on; the next ``node
 start`` starts a supervisor that **adopts** them (by pid file) and starts only
@@ -69,6 +72,7 @@ HEALTHY_AFTER = 60.0   # s of running after which a death is restarted at once
 MAX_BACKOFF = 30.0
 STOP_TIMEOUT = 15.0    # s from SIGTERM to SIGKILL
 SUPERVISOR_MARKS = (b"ctl.supervisor", b"--foreground")
+PR_SET_CHILD_SUBREAPER = 36
 INSTALL_MARK = os.path.dirname(sys.executable).encode()  # a process of this installation
 
 
@@ -316,6 +320,8 @@ class Supervisor:
         signal.signal(signal.SIGTERM, lambda signum, _: self.stopping.append(signum))
         signal.signal(signal.SIGINT, lambda signum, _: self.stopping.append(signum))
         signal.signal(signal.SIGUSR1, lambda *_: self.retry_now())
+        if reap:
+            become_subreaper()
         self.adopt()
         ready = on_ready is None
         while not self.stopping:
@@ -339,6 +345,17 @@ class Supervisor:
                 child.proc.wait()
             if child.group_file:
                 stop_groups(child.group_file)
+
+
+def become_subreaper() -> bool:
+    """Orphans of our descendants (an ExaBGP whose agent was killed) become our children, so
+    :func:`reap_orphans` reaps them instead of an init that may not (a container's)."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
 
 
 def answers(socket_path: str) -> bool:
@@ -381,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     _write_pidfile(args.pid, os.getpid())
     log.info("node supervisor started")
     try:
-        return Supervisor(read_spec(args.spec)).run()
+        return Supervisor(read_spec(args.spec)).run(reap=True)
     finally:
         try:
             with open(args.pid) as f:

@@ -499,10 +499,11 @@ class Allocator:
         block_kv, pool_kv = result.results
         self._learn_block(new.cidr, block_kv)
         pools = self._pool_entries()
-        if pool_kv is None:
+        current = codec.load_one(Pool, pool_kv)  # invalid: as absent
+        if current is None:
             pools.pop(pool.pool.cidr, None)
         else:
-            pools[pool.pool.cidr] = PoolEntry(codec.loads(Pool, pool_kv.value), pool_kv.mod_revision)
+            pools[pool.pool.cidr] = PoolEntry(current, pool_kv.mod_revision)
         raise _Conflict()
 
     def _remember(self, block: Block, revision: int) -> None:
@@ -514,11 +515,12 @@ class Allocator:
             self._affine.pop(block.cidr, None)
 
     def _learn_block(self, cidr: str, kv) -> None:
-        if kv is None:
+        block = codec.load_one(Block, kv)  # invalid: as absent (never allocated from)
+        if block is None:
             if self._affine is not None:
                 self._affine.pop(cidr, None)
         else:
-            self._remember(codec.loads(Block, kv.value), kv.mod_revision)
+            self._remember(block, kv.mod_revision)
 
     # -- release ------------------------------------------------------------
 

@@ -292,3 +292,48 @@ def test_the_supervisor_process_restarts_retries_on_sigusr1_and_stops_on_sigterm
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+SPAWNER = ("import subprocess, sys, time\n"
+           "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+           "open(sys.argv[1], 'w').write(str(child.pid))\n"
+           "time.sleep(600)\n")
+
+
+def test_the_supervisor_adopts_and_reaps_what_a_killed_agent_left(tmp_path, cleanup):
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    grandchild_file = tmp_path / "grandchild"
+    agent = child(tmp_path, "agent", SPAWNER, str(grandchild_file))
+    sv.write_spec(str(tmp_path / "spec.json"), [agent])
+    proc = subprocess.Popen([sys.executable, "-m", "ctl.supervisor", str(tmp_path / "spec.json"),
+                             "--pid", str(tmp_path / "sup.pid"), "--log", str(tmp_path / "sup.log")],
+                            cwd=repo, env=dict(os.environ, PYTHONPATH=repo))
+    cleanup.append(proc.pid)
+    try:
+        deadline = time.monotonic() + 30
+        while not (grandchild_file.exists() and grandchild_file.read_text()):
+            assert time.monotonic() < deadline and proc.poll() is None, (tmp_path / "sup.log").read_text()
+            time.sleep(0.05)
+        grandchild = int(grandchild_file.read_text())
+        first = sv.running_pid(agent.pidfile, agent.mark.encode())
+        cleanup += [grandchild, first]
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while sv._stat(grandchild)[1] != str(proc.pid):     # reparented to the supervisor
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        os.kill(grandchild, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while os.path.exists(f"/proc/{grandchild}"):          # reaped, not a zombie
+            assert time.monotonic() < deadline, sv._state(grandchild)
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        try:  # the restarted agent's own grandchild
+            os.kill(int(grandchild_file.read_text()), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
