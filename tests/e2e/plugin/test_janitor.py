@@ -135,13 +135,21 @@ def converges(lab, what: str) -> None:
     print(f"{what}: first look {seen[0]}; clean after {len(seen)} look(s)")
 
 
-def janitor_rounds_after_restart(lab) -> int:
+def log_count(lab, text: str) -> int:
+    """Lines of the plugin's log containing ``text``."""
     path = lab.host(HOST).path("log", HOST, "plugin.log")
     try:
         with open(path) as f:
-            return sum("round after dockerd's return done" in line for line in f)
+            return sum(text in line for line in f)
     except OSError:
         return 0
+
+
+def janitor_rounds_after_restart(lab) -> int:
+    return log_count(lab, "round after dockerd's return done")
+
+
+REMOVED = "has no container in dockerd: removing it"  # the janitor's line per endpoint removed
 
 
 # -- the faults ---------------------------------------------------------------------------
@@ -153,6 +161,7 @@ def test_etcd_down_during_rm_f(clean):
         run(lab, HOST, name, NET)
     converges(lab, "six running containers")
     assert len(state(lab)["endpoints"]) == 6
+    removed = log_count(lab, REMOVED)
     lab.stop_etcd()
     try:
         dk(lab, HOST, "rm", "-f", *names, check=False, timeout=600)
@@ -163,6 +172,9 @@ def test_etcd_down_during_rm_f(clean):
         dk(lab, HOST, "rm", "-f", *left, timeout=300)
     converges(lab, "etcd down during rm -f")
     assert state(lab)["endpoints"] == {} and state(lab)["allocations"] == []
+    # the plugin could not delete a single record while etcd was down: the janitor did
+    print(f"etcd down during rm -f: the janitor removed {log_count(lab, REMOVED) - removed}")
+    assert log_count(lab, REMOVED) - removed == 6
 
 
 def plugin_pid(lab) -> int | None:
@@ -174,31 +186,39 @@ def test_plugin_killed_during_docker_run(clean):
     lab = clean
     stop = threading.Event()
     started: list[str] = []
+    lock = threading.Lock()
+    names = iter(f"jk{i}" for i in range(60))
 
-    def loop() -> None:
-        i = 0
-        while not stop.is_set() and i < 40:
-            name = f"jk{i}"
-            i += 1
+    def loop() -> None:  # three at a time, so the kill lands in the middle of some
+        while not stop.is_set():
+            with lock:
+                name = next(names, None)
+            if name is None:
+                return
             dk(lab, HOST, "run", "-d", "--init", "--name", name, "--net", NET,
                IMAGE, "sleep", "600", check=False, timeout=180)
-            started.append(name)
+            with lock:
+                started.append(name)
 
-    thread = threading.Thread(target=loop, name="docker-run-loop", daemon=True)
-    thread.start()
+    removed = log_count(lab, REMOVED)
+    threads = [threading.Thread(target=loop, name=f"docker-run-{i}", daemon=True) for i in range(3)]
+    for thread in threads:
+        thread.start()
     try:
-        wait_for(lambda: len(started) >= 2, 300, step=0.1, what="two containers started")
-        old = plugin_pid(lab)
-        assert old is not None
-        os.kill(old, signal.SIGKILL)
-        wait_for(lambda: plugin_pid(lab) not in (None, old), 120, step=0.2,
-                 what="the supervisor's new plugin server")
-        n = len(started)
-        wait_for(lambda: len(started) >= n + 2, 300, step=0.2, what="docker run with the new plugin")
+        for _ in range(3):  # killed three times, each after two more runs finished
+            n = len(started)
+            wait_for(lambda: len(started) >= n + 2, 300, step=0.1, what="two more docker runs")
+            old = plugin_pid(lab)
+            assert old is not None
+            os.kill(old, signal.SIGKILL)
+            wait_for(lambda: plugin_pid(lab) not in (None, old), 120, step=0.2,
+                     what="the supervisor's new plugin server")
     finally:
         stop.set()
-        thread.join(600)
+        for thread in threads:
+            thread.join(600)
     converges(lab, "plugin killed during docker run")   # running ones kept, the rest cleaned
+    print(f"plugin killed: the janitor removed {log_count(lab, REMOVED) - removed} endpoint(s)")
     running = dk(lab, HOST, "ps", "-q").stdout.split()
     assert running, "no container runs after the plugin's restart"
     assert len(state(lab)["endpoints"]) == len(running)
@@ -211,12 +231,13 @@ def test_dockerd_restart_without_live_restore(clean):
     for i in range(5):
         run(lab, HOST, f"jd{i}", NET)
     converges(lab, "five running containers")
-    rounds = janitor_rounds_after_restart(lab)
+    rounds, removed = janitor_rounds_after_restart(lab), log_count(lab, REMOVED)
     lab.restart_dockerd(HOST)
     wait_for(lambda: janitor_rounds_after_restart(lab) > rounds, DEADLINE, step=1,
              what="the janitor's round after dockerd's restart")
     assert dk(lab, HOST, "ps", "-q").stdout.split() == []   # without live-restore they stopped
     converges(lab, "dockerd restarted without live-restore")
+    print(f"dockerd restart: the janitor removed {log_count(lab, REMOVED) - removed} endpoint(s)")
     assert state(lab)["endpoints"] == {} and state(lab)["allocations"] == []
 
 
@@ -243,13 +264,13 @@ def test_dockerd_restart_with_live_restore_touches_nothing(clean):
         assert pings(lab, HOST, "jl1", target)
         converges(lab, "two running containers")
         before, kernel_before = state(lab), kernel(lab)
-        rounds = janitor_rounds_after_restart(lab)
+        rounds, removed = janitor_rounds_after_restart(lab), log_count(lab, REMOVED)
         lab.restart_dockerd(HOST)
         wait_for(lambda: janitor_rounds_after_restart(lab) > rounds, DEADLINE, step=1,
                  what="the janitor's round after dockerd's restart")
         assert sorted(dk(lab, HOST, "ps", "--format", "{{.Names}}").stdout.split()) == ["jl1", "jl2"]
         assert state(lab) == before and kernel(lab) == kernel_before
-        assert not leaks(lab)
+        assert not leaks(lab) and log_count(lab, REMOVED) == removed
         assert pings(lab, HOST, "jl1", target)
     finally:
         remove_all_containers(lab)
