@@ -1,6 +1,9 @@
 """Running the plugin server: its command line, and a readiness probe.
 
 The server itself is :mod:`plugin.wsgi` (one process, no gunicorn master).
+The node supervisor (:mod:`ctl.supervisor`) runs it and starts it again,
+alone, when it dies or stops answering :func:`wait_ready`'s call
+(``Plugin.Activate``); nothing else of the node is stopped for that.
 """
 from __future__ import annotations
 
