@@ -150,3 +150,12 @@ def test_an_icmp_type_that_would_match_any_is_refused(words):
 def test_icmp_type_254_and_code_255_compile_exactly():
     assert g.rule_lines("C", parse_rule("allow icmp type 254 code 255".split()), 4) == [
         "-A C -p icmp -m icmp --icmp-type 254/255 -g WARREN-ALLOW"]
+
+
+def test_opening_chains_come_and_go_and_the_retired_chain_is_deleted():
+    ph = names.profile_chain("web", "open")
+    assert names.is_dynamic_chain(ph) and names.is_dynamic_chain("WARREN-ALLOW-HOST")
+    first = g.chain_rules([A], web("allow to cidr 198.19.0.100"), 4)
+    assert ph in first
+    text = g.restore_text(g.chain_rules([A], web(), 4), first, existing_chains={"WARREN-ALLOW-HOST"})
+    assert f"-X {ph}" in text and "-X WARREN-ALLOW-HOST" in text
