@@ -41,11 +41,19 @@ WRITER = """
 import json, sys
 from datastore import Datastore, EtcdConfig
 store = Datastore(EtcdConfig.from_env())
+before = {}
 for key, value in json.loads(sys.stdin.read()):
+    kv = store.get(key)
+    before[key] = kv.value.hex() if kv else None
     if value is None:
         store.delete(key)
     else:
         store.put(key, bytes.fromhex(value))
+print(json.dumps(before))
+"""
+BLOCKS_LISTER = """
+from datastore import Datastore, EtcdConfig, keys
+print(" ".join(keys.cidr_of(kv.key) for kv in Datastore(EtcdConfig.from_env()).get_prefix(keys.BLOCKS)))
 """
 
 
@@ -57,8 +65,9 @@ def raw(value) -> bytes:
     return value if isinstance(value, bytes) else json.dumps(value).encode()
 
 
-def cases(net_id: str, ul: str) -> dict[str, dict[str, bytes]]:
-    """Case name -> {key: bad value}. ``ul`` is the lab underlay's /24 prefix ("198.19.K.")."""
+def cases(net_id: str, ul: str, free: list[str]) -> dict[str, dict[str, bytes]]:
+    """Case name -> {key: bad value}. ``ul`` is the lab underlay's /24 prefix ("198.19.K."), ``free``
+    four /30 blocks of the network's pool that no host has claimed (bad blocks must not replace real ones)."""
     peer1, peer2, peer3, peer4, peer5 = (ul + str(n) for n in (240, 241, 242, 243, 244))
 
     def endpoint(n: int, host: str = "host1", **fields) -> tuple[str, bytes]:
@@ -78,18 +87,18 @@ def cases(net_id: str, ul: str) -> dict[str, dict[str, bytes]]:
         "ipam-config": {keys.IPAM_CONFIG: raw({"strict_affinity": "yes"})},
         "ipam-config-garbage": {keys.IPAM_CONFIG: b"\xff\xfe"},
         "blocks": {
-            keys.block("10.20.40.128/30"): b"garbage",
-            keys.block("10.20.40.132/30"): raw({"cidr": "10.20.40.132/30"}),   # no pool
-            keys.block("10.20.40.136/30"): raw({"cidr": "10.20.40.136/30", "pool": SUBNET, "affinity": "host1",
-                                                "allocations": {"77": {"handle": "x", "host": "host1"}},
-                                                "unallocated": [0, 1, 2, 3]}),
-            keys.block("10.20.40.140/30"): raw({"cidr": "10.20.40.140/30", "pool": SUBNET, "affinity": 5,
-                                                "allocations": [], "unallocated": "x"}),
+            keys.block(free[0]): b"garbage",
+            keys.block(free[1]): raw({"cidr": free[1]}),   # no pool
+            keys.block(free[2]): raw({"cidr": free[2], "pool": SUBNET, "affinity": "host1",
+                                      "allocations": {"77": {"handle": "x", "host": "host1"}},
+                                      "unallocated": [0, 1, 2, 3]}),
+            keys.block(free[3]): raw({"cidr": free[3], "pool": SUBNET, "affinity": 5,
+                                      "allocations": [], "unallocated": "x"}),
             keys.block("10.20.97.0/26"): raw([1, 2, 3]),
         },
         "affinity": {
             keys.AFFINITY + "host1/garbage": b"{}",
-            keys.AFFINITY + "host2/10.20.40.144-30": b"garbage",   # no such block
+            keys.affinity("host2", "10.20.99.0/30"): b"garbage",   # no such block
         },
         "handles": {
             keys.HANDLES + "fzbad/not-an-ip": b"garbage",
@@ -187,17 +196,29 @@ def world(lab):
     net_id = dk(lab, "host1", "network", "inspect", "-f", "{{.Id}}", NET).stdout.strip()
     ul = underlay(lab, "host1").rsplit(".", 1)[0] + "."
     try:
-        yield {"cases": cases(net_id, ul), "bases": bases, "underlay": {h: underlay(lab, h) for h in HOSTS}}
+        yield {"cases": lambda free: cases(net_id, ul, free), "bases": bases,
+               "underlay": {h: underlay(lab, h) for h in HOSTS}}
     finally:
         remove_all(lab, HOSTS)
         ctl(lab, "host1", "profile", "remove", NET, "--no-check", check=False)
         ctl(lab, "host1", "pool", "remove", SUBNET, "--force", check=False)
 
 
-def write(lab, records: dict[str, bytes | None]) -> None:
+def write(lab, records: dict[str, bytes | None]) -> dict[str, bytes | None]:
+    """Put (or delete, for None) each record; returns what each key held before."""
     payload = json.dumps([[k, None if v is None else v.hex()] for k, v in records.items()])
     result = lab.exec("host1", [sys.executable, "-c", WRITER], input=payload, cwd=REPO, timeout=60)
     assert result.returncode == 0, result.stderr
+    return {k: None if v is None else bytes.fromhex(v) for k, v in json.loads(result.stdout).items()}
+
+
+def free_blocks(lab) -> list[str]:
+    """Four /30 blocks of the pool that no host has claimed, from its top end."""
+    result = lab.exec("host1", [sys.executable, "-c", BLOCKS_LISTER], cwd=REPO, timeout=60)
+    assert result.returncode == 0, result.stderr
+    used = set(result.stdout.split())
+    free = [c for c in (f"10.20.40.{n}/30" for n in range(252, 0, -4)) if c not in used]
+    return free[:4]
 
 
 def reported(lab) -> set[str]:
@@ -224,7 +245,8 @@ def check_serving(lab, world, tag: str) -> None:
     wait_for(lambda: pings(lab, "host1", names["host1"], a2), 45, step=0.5, what=f"{tag}: host1 -> host2")
     wait_for(lambda: pings(lab, "host2", names["host2"], a1), 45, step=0.5, what=f"{tag}: host2 -> host1")
     base1, base2 = world["bases"]
-    assert pings(lab, "host1", "base1", base2) and pings(lab, "host2", "base2", base1)
+    wait_for(lambda: pings(lab, "host1", "base1", base2), 45, step=0.5, what=f"{tag}: base1 -> base2")
+    wait_for(lambda: pings(lab, "host2", "base2", base1), 45, step=0.5, what=f"{tag}: base2 -> base1")
     for host, other in (("host1", "host2"), ("host2", "host1")):
         wait_for(lambda: mesh_up(lab, host, world["underlay"][other]), 45, step=1, what=f"{tag}: {host}'s session to {other} up")
 
@@ -232,14 +254,15 @@ def check_serving(lab, world, tag: str) -> None:
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=XFAIL[n]))
                                   if n in XFAIL else n for n in CASE_NAMES])
 def test_bad_records_never_stop_a_node_and_are_reported(lab, world, name):
-    records = world["cases"][name]
-    write(lab, records)
+    records = world["cases"](free_blocks(lab))[name]
+    before = write(lab, records)
     try:
+        assert all(before[k] is None for k in records if k.startswith(keys.BLOCKS)), "a real block"
         check_serving(lab, world, name)
         missing = set(records) - reported(lab)
         assert not missing, f"not reported: {sorted(missing)}"
     finally:
-        write(lab, {k: None for k in records})
+        write(lab, before)   # every key as it was (IPAM and BGP config: restored, others: gone)
 
 
 def test_the_store_is_clean_again(lab, world):

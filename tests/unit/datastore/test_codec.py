@@ -71,3 +71,51 @@ def test_a_failing_hook_does_not_break_the_reader(monkeypatch):
 def test_invalid_record_is_a_datastore_error():
     from datastore import DatastoreError
     assert issubclass(InvalidRecord, DatastoreError)
+
+
+def test_dumps_refuses_an_invalid_record():
+    with pytest.raises(InvalidRecord, match="port 70000 out of range"):
+        codec.dumps(Rec("a", 70000))
+    assert codec.dumps(Rec("a", 80)) == b'{"name":"a","port":80,"tags":[],"note":null,"on":false,"extra":{}}'
+
+
+@dataclass
+class Keyed:
+    name: str
+
+    def check_key(self, key: str) -> None:
+        if not key.endswith("/" + self.name):
+            raise ValueError(f"{self.name} does not belong at {key}")
+
+
+def test_check_key_only_when_the_key_is_known():
+    assert codec.loads(Keyed, b'{"name":"a"}') == Keyed("a")
+    assert codec.loads(Keyed, b'{"name":"a"}', "/k/a") == Keyed("a")
+    with pytest.raises(InvalidRecord, match="a does not belong at /k/b"):
+        codec.loads(Keyed, b'{"name":"a"}', "/k/b")
+
+
+def test_load_one_treats_invalid_as_absent_and_counts():
+    before = codec.SKIPPED["Rec"]
+    assert codec.load_one(Rec, None) is None
+    assert codec.load_one(Rec, KV("/k/1", b'{"name":"a"}', 1, 1)) == Rec("a")
+    assert codec.load_one(Rec, KV("/k/2", b'{"name":1}', 1, 1)) is None
+    assert codec.SKIPPED["Rec"] == before + 1
+
+
+@pytest.mark.parametrize("raw", [b"[" * 100_000, b"\xff\xfe", b"NaN", b'"x"', b"null"])
+def test_hostile_bytes_are_just_invalid(raw):
+    with pytest.raises(InvalidRecord):
+        codec.loads(Rec, raw)
+
+
+def test_an_unexpected_error_in_validate_is_the_records_fault():
+    @dataclass
+    class Fragile:
+        items: list[int]
+
+        def validate(self) -> None:
+            self.items[5]  # IndexError on a short list: the record is invalid, the reader goes on
+
+    with pytest.raises(InvalidRecord, match="Fragile"):
+        codec.loads(Fragile, b'{"items":[1]}')
