@@ -66,8 +66,9 @@ def test_every_part_is_collected(tarball):
     _, files, _, res = tarball
     manifest = json.loads(files["manifest.json"])
     assert manifest["node"] == "host1"
-    assert manifest["parts"] == {p: "ok" for p in ("etcd", "logs", "routes", "netfilter", "bgp", "versions",
-                                                   "environment")}, res.stderr
+    assert manifest["parts"] == {p: "ok" for p in ("etcd", "records", "logs", "routes", "netfilter", "bgp",
+                                                   "versions", "environment")}, res.stderr
+    assert json.loads(files["etcd/invalid-records.json"]) == []   # a healthy lab has none
     assert res.stderr == ""
     assert all(c["exit"] == 0 for c in manifest["commands"].values()), manifest["commands"]
 
@@ -101,6 +102,7 @@ def test_routes_netfilter_bgp_and_versions(tarball):
     for needle in ("warren ", "ExaBGP", f"dockerd {engine}", "Linux", "iptables v", "ipset v", "iproute2"):
         assert needle in versions, needle
     assert any(name.startswith("logs/") and "plugin" in name for name in files)
+    assert "logs/supervisor.log" in files and "logs/agent.log" in files   # the node's processes
 
 
 def test_no_secret_in_the_tarball(tarball):
