@@ -39,7 +39,7 @@ from bgp import fabric
 from ipam import Allocator, InvalidRequest, PoolStore
 from ipam.nodes import Node, alive, check_free, claim, list_nodes, register, release
 from plugin import forward, server
-from plugin.config import DEFAULT_SOCKET
+from plugin.config import DEFAULT_SOCKET, setup_logging
 from plugin.dataplane import Dataplane
 from plugin.errors import PluginError
 from plugin.networks import NetworkDriver
@@ -302,6 +302,7 @@ def _foreground(paths: dict[str, str], children: list[Child], env: dict[str, str
     SIGTERM/SIGINT stop it as ``node stop`` does: the agent first (peers
     withdraw our routes, the liveness lease goes), then the server; exit 0.
     """
+    setup_logging(paths["supervisor_log"], env)  # its file, and stderr (the journal)
     _write_pid(paths["supervisor_pid"])
     try:
         return Supervisor(children, env=env).run(reap=True, on_ready=lambda: _sd_notify("READY=1"))
