@@ -13,9 +13,10 @@ server withdraws the host's routes and cuts cross-host traffic.
 * **alive?** its own child's exit status, or - for a process it adopted -
   the pid file's pid still running our command line (``mark``);
 * the plugin server also **answers?** ``Plugin.Activate`` on its socket every
-  ``PROBE_INTERVAL`` s; ``HUNG_AFTER`` failures in a row (or a missing
-  socket) once it has answered, or ``START_GRACE`` s after it started, and it
-  is killed (SIGKILL) and started again;
+  ``PROBE_INTERVAL`` s; ``HUNG_AFTER`` failures in a row once it has
+  answered, or ``START_GRACE`` s after it started, and it is killed
+  (SIGKILL) and started again - at once if its socket file is gone (a
+  socket nobody can find is as good as a dead server);
 * a dead child is started again at once after a healthy run
   (``HEALTHY_AFTER`` s), else after a backoff doubling from 1 s to
   ``MAX_BACKOFF`` s. SIGUSR1 (sent by ``node start``) retries now.
@@ -278,6 +279,10 @@ class Supervisor:
         if now < child.next_probe:
             return
         child.next_probe = now + PROBE_INTERVAL
+        if child.answered and not os.path.exists(child.socket):  # removed: dockerd cannot find us
+            log.error("%s (pid %d): its socket %s is gone: killing it", child.name, child.pid, child.socket)
+            self.kill(child)
+            return
         if self.probe(child.socket):
             child.answered, child.failures = True, 0
             return
@@ -287,11 +292,15 @@ class Supervisor:
         if child.failures >= HUNG_AFTER:
             log.error("%s (pid %d) has not answered on %s for %d probes: killing it", child.name, child.pid,
                       child.socket, child.failures)
-            try:
-                os.kill(child.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            child.failures = 0
+            self.kill(child)
+
+    def kill(self, child: Child) -> None:
+        """SIGKILL: the next check sees it dead and starts it again."""
+        try:
+            os.kill(child.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        child.failures = 0
 
     def start(self, child: Child) -> None:
         out = open(child.out, "ab") if child.out else None

@@ -149,6 +149,7 @@ def test_a_stale_pid_file_of_another_process_is_not_adopted(tmp_path, cleanup):
 
 def test_a_plugin_server_that_stops_answering_is_killed_and_restarted(tmp_path, cleanup):
     clock, answers = Clock(), {"ok": True}
+    (tmp_path / "warren.sock").touch()
     plugin = child(tmp_path, "plugin", socket=str(tmp_path / "warren.sock"))
     sup = sv.Supervisor([plugin], probe=lambda path: answers["ok"], clock=clock)
     sup.check()
@@ -337,3 +338,24 @@ def test_the_supervisor_adopts_and_reaps_what_a_killed_agent_left(tmp_path, clea
             os.kill(int(grandchild_file.read_text()), signal.SIGKILL)
         except (OSError, ValueError):
             pass
+
+
+def test_a_plugin_server_whose_socket_is_gone_is_restarted_at_once(tmp_path, cleanup):
+    clock, sock = Clock(), tmp_path / "warren.sock"
+    sock.touch()
+    plugin = child(tmp_path, "plugin", socket=str(sock))
+    sup = sv.Supervisor([plugin], probe=lambda path: os.path.exists(path), clock=clock)
+    sup.check()
+    cleanup.append(plugin.pid)
+    clock.now += 2
+    sup.check()
+    assert plugin.answered
+    first = plugin.pid
+    sock.unlink()
+    clock.now += sv.PROBE_INTERVAL
+    sup.check()                            # one probe: killed
+    plugin.proc.wait(10)
+    clock.now += sv.TICK
+    sup.check()
+    cleanup.append(plugin.pid)
+    assert plugin.pid != first and sup.alive(plugin)
