@@ -236,3 +236,24 @@ def test_the_thread_runs_at_start_and_when_dockerd_comes_back(store, world, monk
     finally:
         jan.stop()
     assert len(rounds) == 2           # and not every watch tick (the interval is an hour)
+
+
+def test_a_new_dockerd_pid_triggers_a_round(store, world, monkeypatch):
+    """A restart faster than a watch tick: only the pid (SO_PEERCRED) tells."""
+    client, dataplane, docker, jan, _ = world
+    monkeypatch.setattr(janitor_mod, "WATCH_INTERVAL", 0.02)
+    pids = iter([7, 7, 7, 8] + [8] * 10_000)
+    rounds = []
+    ran = threading.Event()
+
+    def run_once():
+        rounds.append(1)
+        if len(rounds) == 2:
+            ran.set()
+    jan._pid, jan.run_once, jan.interval = (lambda: next(pids)), run_once, 3600
+    jan.start()
+    try:
+        assert ran.wait(30), rounds
+    finally:
+        jan.stop()
+    assert len(rounds) == 2

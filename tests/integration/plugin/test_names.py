@@ -110,7 +110,8 @@ def test_container_lookup_from_dockerd(fake_dockerd):
     assert str(err.value) == "cannot ask dockerd about broken: dockerd answered 500: something broke"
     with pytest.raises(PluginError):
         docker_lookup("../../networks/x")    # quoted: never another API path
-    assert "/containers/..%2F..%2Fnetworks%2Fx/json" in fake_dockerd.paths
+    # refused before dockerd, or quoted: never an unescaped / in the container's segment
+    assert all("/" not in p[len("/containers/"):-len("/json")] for p in fake_dockerd.paths)
 
 
 def test_unreachable_dockerd_is_one_line(tmp_path, monkeypatch):
