@@ -16,7 +16,9 @@ at once. With the records in place:
 * ``warrenctl node status`` on each host still shows the mesh session up;
 * no node process printed a traceback (its ``*.out`` file: where an uncaught
   exception, such as a daemon thread dying, goes);
-* ``warrenctl records check`` reports every bad record written (exit 1).
+* ``warrenctl records check`` reports every bad record written (exit 1) that
+  is still there (the plugin's janitor may remove some, e.g. sandbox slots
+  of no container).
 
 The records are deleted after each case; at the end ``records check`` is
 clean again. Invalid records are never valid-looking peers or nodes at real
@@ -55,6 +57,13 @@ for key, value in json.loads(sys.stdin.read()):
     else:
         store.put(key, bytes.fromhex(value))
 print(json.dumps(before))
+"""
+STILL_THERE = """
+import json, sys
+from datastore import Datastore, EtcdConfig
+store = Datastore(EtcdConfig.from_env())
+print(json.dumps([key for key, value in json.loads(sys.stdin.read())
+                  if (kv := store.get(key)) is not None and kv.value.hex() == value]))
 """
 BLOCKS_LISTER = """
 from datastore import Datastore, EtcdConfig, keys
@@ -217,6 +226,14 @@ def write(lab, records: dict[str, bytes | None]) -> dict[str, bytes | None]:
     return {k: None if v is None else bytes.fromhex(v) for k, v in json.loads(result.stdout).items()}
 
 
+def still_there(lab, records: dict[str, bytes]) -> set[str]:
+    """The keys that still hold the bad value written (a janitor may rightly remove some, e.g. sandbox slots)."""
+    payload = json.dumps([[k, v.hex()] for k, v in records.items()])
+    result = lab.exec("host1", [sys.executable, "-c", STILL_THERE], input=payload, cwd=REPO, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return set(json.loads(result.stdout))
+
+
 def free_blocks(lab) -> list[str]:
     """Four /30 blocks of the pool that no host has claimed, from its top end."""
     result = lab.exec("host1", [sys.executable, "-c", BLOCKS_LISTER], cwd=REPO, timeout=60)
@@ -305,7 +322,8 @@ def test_bad_records_never_stop_a_node_and_are_reported(lab, world, name):
         assert all(before[k] is None for k in records if k.startswith(keys.BLOCKS)), "a real block"
         check_serving(lab, world, name)
         no_new_tracebacks(lab, outputs)
-        missing = set(records) - reported(lab)
+        found = reported(lab)
+        missing = still_there(lab, records) - found
         assert not missing, f"not reported: {sorted(missing)}"
     finally:
         write(lab, before)   # every key as it was (IPAM and BGP config: restored, others: gone)
