@@ -3,16 +3,17 @@
 ``warrenctl pool remove --force`` under running containers keeps their addresses
 allocated (as Calico did); after the pool is added again, new containers get other
 addresses, the old ones keep working, and when they go their addresses (and the blocks
-kept for them) go too.
+kept for them) go too. An address a leftover endpoint record names is never handed out.
 """
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
 from ctl.lab import IMAGE
-from tests.e2e.helpers import E2E, address, ctl, dk, lab_fixture, pings, remove_all, run
+from tests.e2e.helpers import REPO, E2E, address, ctl, dk, lab_fixture, pings, remove_all, run
 
 pytestmark = E2E
 
@@ -25,7 +26,8 @@ POOL = "10.20.40.0/26"  # four /28 blocks: the second wave must reuse the kept o
 def clean(lab):
     yield
     remove_all(lab, ("host1",))
-    ctl(lab, "host1", "pool", "remove", POOL, "--force", check=False)
+    for pool in (POOL, "10.20.41.0/28"):
+        ctl(lab, "host1", "pool", "remove", pool, "--force", check=False)
 
 
 def blocks(lab) -> list[dict]:
@@ -80,3 +82,47 @@ def test_blocks_kept_for_a_removed_pool_go_with_their_last_address(lab):
     assert len(kept) == 1 and kept[0]["used"] == 1
     dk(lab, "host1", "rm", "-f", "lone")  # dockerd's ReleaseAddress finds the pool-less block
     assert blocks(lab) == []
+
+
+LEFTOVER = "f" * 64
+
+
+def etcd_python(lab, code: str) -> str:
+    result = lab.exec("host1", [sys.executable, "-c",
+                                "from datastore import Datastore, EtcdConfig, codec, keys; "
+                                "from ipam.workloads import Endpoint; "
+                                "store = Datastore(EtcdConfig.from_env()); " + code], cwd=REPO, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_an_address_a_leftover_record_names_is_never_handed_out(lab):
+    """The isolation break of issue 12: a record outlived its container (here: of a host that
+    died), its address was released, and the next container with that address got the old
+    record's network tag. Now IPAM keeps the address for the record instead."""
+    small = "10.20.41.0/28"  # 16 addresses, one block
+    dk(lab, "host1", "network", "create", "-d", "warren", "--ipam-driver", "warren", "--subnet", small,
+       "--ipam-opt", "block-size=28", "netleft")
+    run(lab, "host1", "first", "netleft")
+    named = address(lab, "host1", "first", "netleft")
+    try:
+        # a record of a host that is gone naming that address (the janitor of host1 leaves other
+        # hosts' records alone), then the container goes and dockerd releases the address
+        etcd_python(lab, f"store.put(keys.endpoint('ghost', '{LEFTOVER}'), codec.dumps(Endpoint("
+                         f"id='{LEFTOVER}', network='', host='ghost', ipv4=['{named}'], profiles=['other'])))")
+        dk(lab, "host1", "rm", "-f", "first")
+        taken = dk(lab, "host1", "run", "--rm", "--init", "--net", "netleft", "--ip", named, IMAGE, "true",
+                   check=False)
+        assert taken.returncode != 0 and "still names it" in taken.stderr
+        names = [f"fill{i}" for i in range(15)]
+        for name in names:
+            run(lab, "host1", name, "netleft")
+        got = [address(lab, "host1", name, "netleft") for name in names]
+        assert named not in got and len(set(got)) == 15
+        full = dk(lab, "host1", "run", "--rm", "--init", "--net", "netleft", IMAGE, "true", check=False)
+        assert full.returncode != 0 and "no free address" in full.stderr
+        info = ctl(lab, "host1", "ipam", "info", named).stdout
+        assert f"endpoint-{LEFTOVER}" in info and "purpose=record" in info
+    finally:
+        etcd_python(lab, f"store.delete(keys.endpoint('ghost', '{LEFTOVER}'))")
+        ctl(lab, "host1", "ipam", "release", named, check=False)
