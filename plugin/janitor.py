@@ -49,10 +49,14 @@ container is never freed. Also swept, on this host only:
   (``warrenctl endpoint remove``, ``ipam check --repair``): the port
   publisher syncs when a published endpoint disappears.
 
+* network records this host made (``host``) that dockerd no longer has and
+  no endpoint record names, seen so for the grace period (a network record
+  has no timestamp): ``docker network rm`` while etcd was down. A network is
+  local to each dockerd, so only the host that made a record can tell it is
+  gone; records that do not say which host made them are never removed.
+
 Never on missing information: when dockerd does not answer or etcd fails,
-the round does nothing (logged) and the next one tries again. Network
-records are not removed: they carry no host, and a network is local to
-each dockerd, so no host can tell that another host's network is gone.
+the round does nothing (logged) and the next one tries again.
 
 :func:`forget` is the etcd half of a removal (record, slot, addresses), for
 ``warrenctl endpoint remove`` and ``warrenctl ipam check --repair`` run on
@@ -187,10 +191,12 @@ class Plan:
     release: list[Held] = field(default_factory=list)        # allocations to release
     slots: list[str] = field(default_factory=list)           # gateway-slot keys to delete
     interfaces: list[str] = field(default_factory=list)      # wrn* with no joined record
+    networks: list[str] = field(default_factory=list)        # this host's, gone from dockerd
 
     @property
     def empty(self) -> bool:
-        return not (self.endpoints or self.release or self.slots or self.interfaces)
+        return not (self.endpoints or self.release or self.slots or self.interfaces
+                    or self.networks)
 
 
 def holdings(blocks: Iterable[Block]) -> dict[str, Held]:
@@ -222,10 +228,12 @@ def releasable(endpoint: Endpoint, h: Held) -> bool:
 
 def plan(host: str, endpoints: list[Endpoint], view: DockerView, held: Mapping[str, Held],
          aux: Iterable[str], now: float, grace: float, interfaces: Iterable[str] = (),
-         slots: Mapping[str, str] | None = None) -> Plan:
+         slots: Mapping[str, str] | None = None,
+         networks: Mapping[str, str | None] | None = None) -> Plan:
     """What to remove on ``host``: pure, from the records of every host (``endpoints``), what
     dockerd has (``view``), IPAM's allocations (``held``), --aux-address reservations, this
-    host's ``wrn*`` interfaces and gateway-slot keys (key -> endpoint id)."""
+    host's ``wrn*`` interfaces, gateway-slot keys (key -> endpoint id) and network records
+    (id -> the host that made it, None when the record does not say)."""
     result = Plan()
     mine = [e for e in endpoints if e.host == host]
     gone: set[str] = set()
@@ -255,6 +263,9 @@ def plan(host: str, endpoints: list[Endpoint], view: DockerView, held: Mapping[s
     joined = {host_ifname(e.id) for e in mine if e.sandbox and e.id not in gone}
     removed = {host_ifname(e.id) for e in result.endpoints}
     result.interfaces = sorted(i for i in interfaces if i not in joined and i not in removed)
+    used = {e.network for e in endpoints if e.id not in gone}
+    result.networks = sorted(n for n, made_by in (networks or {}).items()
+                             if made_by == host and n not in view.networks and n not in used)
     return result
 
 
@@ -297,6 +308,7 @@ class Report:
     slots: int = 0
     interfaces: list[str] = field(default_factory=list)
     waiting: int = 0
+    networks: list[str] = field(default_factory=list)
 
 
 class Janitor:
@@ -315,6 +327,7 @@ class Janitor:
         self._view, self._pid, self._clock = view, pid, clock
         self._strays: set[str] = set()       # wrn* without a joined record at the last round
         self._published: set[str] | None = None  # published endpoint ids at the last round
+        self._networks_gone: dict[str, float] = {}  # network id -> when first seen gone
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -372,8 +385,8 @@ class Janitor:
             slot_prefix = keys.SANDBOXES + keys.segment(self.host, "host name") + "/"
             slot_kvs = {kv.key: kv for kv in self.store.get_prefix(slot_prefix)}
             endpoints = codec.load_all(Endpoint, self.store.get_prefix(keys.ENDPOINTS))
-            aux = {a for n in codec.load_all(Network, self.store.get_prefix(keys.NETWORKS))
-                   for a in n.aux_addresses}
+            networks = codec.load_all(Network, self.store.get_prefix(keys.NETWORKS))
+            aux = {a for n in networks for a in n.aux_addresses}
             held = holdings(codec.load_all(Block, self.store.get_prefix(keys.BLOCKS)))
         except DatastoreError as exc:
             log.info("janitor: etcd unavailable (%s); skipping this round", exc)
@@ -384,18 +397,20 @@ class Janitor:
             log.info("janitor: cannot ask dockerd (%s); skipping this round", exc)
             return None
         slots = {k: kv.value.decode(errors="replace") for k, kv in slot_kvs.items()}
+        made_by = {n.id: getattr(n, "host", None) for n in networks}
         todo = plan(self.host, endpoints, view, held, aux, self._clock(), self.grace,
-                    interfaces, slots)
+                    interfaces, slots, made_by)
         report = Report(waiting=len(todo.waiting))
         try:
             self._execute(todo, report, {k: kv.mod_revision for k, kv in slot_kvs.items()})
             self._sync_ports(endpoints, todo)
         except DatastoreError as exc:
             log.info("janitor: etcd failed during the round (%s); the next one goes on", exc)
-        if report.endpoints or report.released or report.slots or report.interfaces:
+        if report.endpoints or report.released or report.slots or report.interfaces or report.networks:
             log.info("janitor: removed %d endpoint(s) %s, released %s, %d gateway slot(s), "
-                     "interfaces %s", len(report.endpoints), [i[:12] for i in report.endpoints],
-                     report.released, report.slots, report.interfaces)
+                     "interfaces %s, networks %s", len(report.endpoints),
+                     [i[:12] for i in report.endpoints], report.released, report.slots,
+                     report.interfaces, [n[:12] for n in report.networks])
         return report
 
     def _execute(self, todo: Plan, report: Report, slot_revisions: Mapping[str, int]) -> None:
@@ -418,6 +433,15 @@ class Janitor:
                 self.dataplane.remove_workload(name[len("wrn"):])
                 report.interfaces.append(name)
                 self._strays.discard(name)
+        now = time.monotonic()  # a network record has no timestamp: gone for the grace period
+        self._networks_gone = {n: self._networks_gone.get(n, now) for n in todo.networks}
+        for network_id, since in list(self._networks_gone.items()):
+            if now - since >= self.grace:
+                log.info("janitor: network %s is gone from dockerd: removing its record",
+                         network_id[:12])
+                self.driver.delete_network(network_id)
+                report.networks.append(network_id)
+                del self._networks_gone[network_id]
 
     def _sync_ports(self, endpoints: list[Endpoint], todo: Plan) -> None:
         """Drop the ports of published endpoints whose record vanished behind our back."""

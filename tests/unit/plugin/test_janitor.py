@@ -175,3 +175,14 @@ def test_owner():
     add = ep(C, network="", container=CONTAINER, ifname="eth1")
     assert owner(add, get) == (CONTAINER, True)
     assert owner(ep(C, network="", container="gone", ifname="eth1"), get) is None
+
+
+def test_only_this_hosts_networks_gone_from_dockerd_and_unused_are_listed():
+    gone, used, other, unknown = "g" * 64, "u" * 64, "o" * 64, "k" * 64
+    records = [ep(A, network=used)]
+    networks = {NET: "h1", gone: "h1", used: "h1", other: "h2", unknown: None}
+    p = plan("h1", records, view([A]), held("10.0.0.1"), [], NOW, GRACE, networks=networks)
+    assert p.networks == [gone]
+    # an orphan record on a gone network goes in the same round, and the network with it
+    p = plan("h1", records, view([]), held("10.0.0.1"), [], NOW, GRACE, networks=networks)
+    assert [e.id for e in p.endpoints] == [A] and p.networks == [gone, used]
