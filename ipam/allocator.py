@@ -38,11 +38,13 @@ running container still uses, and each is closed here:
   address (:meth:`Allocator.proof`, guarded in the record's transaction), so a
   record can name a *free* address only if that address was released after
   the record was written, i.e. the block changed by a release. A block whose
-  revision is at most R, or was last written by this allocator's own
-  allocation on top of such a revision (allocations never release), cannot
-  hide one; any other block revision (another writer, a release, a new block)
-  makes the allocator read the prefix again first. So the owned-block hot
-  path stays one transaction.
+  revision is at most R, or was last written by this allocator on top of such
+  a revision, cannot hide one - except, for this allocator's own releases,
+  the addresses it released (its *suspects*: the prefix is read again when one
+  of them comes up for allocation; released addresses queue at the end of a
+  block, so that is rare). Any other block revision (another writer, a new
+  block) makes the allocator read the prefix first. So the owned-block hot
+  path stays one transaction, also in a ``docker run``/``rm`` loop.
 * *Blocks outlive their pool*: ``pool remove --force`` keeps the blocks that
   hold addresses (:mod:`ipam.poolremoval`). Such an *orphan* block still
   answers releases (found by scanning block keys when no pool covers the
@@ -161,7 +163,8 @@ class Allocator:
         self._affine: dict[str, _BlockEntry] | None = None
         self._config: IpamConfig | None = None
         self._named = NamedAddresses()
-        self._own: dict[str, int] = {}  # block -> revision of our own allocation on a clean base
+        # block -> (revision of our own write on a clean base, addresses we released since)
+        self._own: dict[str, tuple[int, frozenset[str]]] = {}
         self._lock = threading.RLock()  # the caches are shared by a process's threads
 
     # -- public API ---------------------------------------------------------
@@ -276,26 +279,28 @@ class Allocator:
 
     # -- the record check -------------------------------------------------------
 
-    def _clean(self, cidr: str, revision: int) -> bool:
-        """True if block ``cidr`` at ``revision`` cannot hide a free address that a record
-        names unseen by the cached :class:`NamedAddresses` (see the module docstring)."""
-        return 0 < revision <= self._named.revision or self._own.get(cidr) == revision
+    def _suspects(self, cidr: str, revision: int) -> frozenset[str] | None:
+        """The free addresses of block ``cidr`` at ``revision`` that the cached
+        :class:`NamedAddresses` may be wrong about: none if the revision is not newer than the
+        cache; the addresses this allocator released since, if the revision is its own write
+        on a clean base; None (all of them) otherwise. See the module docstring."""
+        if 0 < revision <= self._named.revision:
+            return frozenset()
+        own = self._own.get(cidr)
+        return own[1] if own is not None and own[0] == revision else None
 
-    def _named_owner(self, cidr: str, revision: int) -> dict[str, tuple[str, str]]:
-        """Address -> (host, endpoint id) of every valid endpoint record, exact for this block."""
-        if not self._clean(cidr, revision):
-            self._named.refresh(self.store)
-        return self._named.owner
+    def _check(self, cidr: str, revision: int) -> "_RecordCheck":
+        return _RecordCheck(self, self._suspects(cidr, revision))
 
     def _take(self, new: Block, handle: str, attrs: dict[str, str],
-              owner: dict[str, tuple[str, str]]) -> tuple[str | None, list[tuple[str, str]]]:
+              owner: "_RecordCheck") -> tuple[str | None, list[tuple[str, str]]]:
         """Allocate the next free address of ``new`` that no record names. Addresses records
         name met on the way are re-imported for those records. Returns the address (None if
         none is left in the block) and the re-imported (address, handle) pairs."""
         extras: list[tuple[str, str]] = []
         while new.unallocated:
             address = new.address(new.unallocated[0])
-            named = owner.get(address)
+            named = owner.named(address)
             if named is None:
                 new.allocate(handle, self.host, attrs)
                 return address, extras
@@ -327,15 +332,15 @@ class Allocator:
 
     def _allocate_in(self, block: Block, revision: int, pool: PoolEntry, handle: str,
                      attrs: dict[str, str]) -> Assignment | None:
-        owner = self._named_owner(block.cidr, revision)
+        check = self._check(block.cidr, revision)
         new = block.copy()
         new.pool = pool.pool.cidr  # adopts an orphan block
-        address, extras = self._take(new, handle, attrs, owner)
+        address, extras = self._take(new, handle, attrs, check)
         if address is None:
             if extras:  # the block's last free addresses are named: keep them for their records
-                self._commit(new, revision, pool, None, None, extras)
+                self._commit(new, revision, pool, None, None, extras, check.suspects)
             return None
-        return self._commit(new, revision, pool, handle, address, extras)
+        return self._commit(new, revision, pool, handle, address, extras, check.suspects)
 
     # -- assignment ---------------------------------------------------------
 
@@ -386,9 +391,10 @@ class Allocator:
                 if cidr in existing or (odd and _overlaps(cidr, odd)):
                     continue
                 new = Block.new(cidr, entry.pool.cidr, self.host)
-                address, extras = self._take(new, handle, attrs, self._named_owner(cidr, 0))
+                check = self._check(cidr, 0)
+                address, extras = self._take(new, handle, attrs, check)
                 if address is not None:
-                    return self._commit(new, 0, entry, handle, address, extras)
+                    return self._commit(new, 0, entry, handle, address, extras, check.suspects)
         return None
 
     def _assign_address(self, handle: str, address: str, attrs: dict[str, str]) -> Assignment:
@@ -408,13 +414,14 @@ class Allocator:
             if new.pool != entry.pool.cidr and new.pool in self._pool_entries():
                 raise AddressInUse(f"{address} lies in block {cidr} of pool {new.pool}")
             new.pool = entry.pool.cidr  # adopts an orphan block
+        check = self._check(cidr, revision)
         if new.holder(address) is None:
-            named = self._named_owner(cidr, revision).get(address)
+            named = check.named(address)
             if named is not None:
                 raise AddressInUse(f"{address} is in use: endpoint {named[1][:12]} on host {named[0]} "
                                    "still names it (remove that endpoint first)")
         new.allocate_address(address, handle, self.host, attrs)
-        return self._commit(new, revision, entry, handle, address)
+        return self._commit(new, revision, entry, handle, address, (), check.suspects)
 
     def _pool_of(self, address: str) -> PoolEntry | None:
         for refresh in (False, True):
@@ -476,9 +483,11 @@ class Allocator:
         return (key, index.mod_revision) if index is not None else None
 
     def _commit(self, new: Block, revision: int, pool: PoolEntry, handle: str | None,
-                address: str | None, extras: list[tuple[str, str]] = ()) -> Assignment | None:
+                address: str | None, extras: list[tuple[str, str]] = (),
+                suspects: frozenset[str] = frozenset()) -> Assignment | None:
         """Write ``new`` (with ``handle`` holding ``address``, unless None, and the re-imported
-        ``extras``) if the block and the pool are as read; else refresh and raise _Conflict."""
+        ``extras``) if the block and the pool are as read; else refresh and raise _Conflict.
+        ``suspects``: what the record check of the base left unchecked (:meth:`_suspects`)."""
         block_key, pool_key = keys.block(new.cidr), keys.pool(pool.pool.cidr)
         success = [Put(block_key, codec.dumps(new))]
         if handle is not None and address is not None:
@@ -491,7 +500,8 @@ class Allocator:
             success, [Get(block_key), Get(pool_key)])
         if result.succeeded:
             self._remember(new, result.revision)
-            self._own[new.cidr] = result.revision  # an allocation on a base checked against records
+            taken = {address, *(a for a, _ in extras)}
+            self._own[new.cidr] = (result.revision, suspects - taken)  # allocations never add any
             if address is None:
                 return None
             return Assignment(address, pool.pool.cidr, new.cidr, pool.pool.network.prefixlen,
@@ -533,6 +543,7 @@ class Allocator:
         held = block.holder(address)
         if held is None or (handle is not None and held.handle != handle):
             return False
+        base = self._suspects(cidr, kv.mod_revision)
         block.release(address)
         compare = [ModRevisionIs(kv.key, kv.mod_revision)]
         ops = [Delete(keys.handle(held.handle, address))]
@@ -554,6 +565,8 @@ class Allocator:
                      cidr, block.pool)
         else:
             self._remember(block, result.revision)
+            if base is not None:  # our own release: only this address may be named unseen
+                self._own[cidr] = (result.revision, base | {address})
         return True
 
 
@@ -584,6 +597,26 @@ def _overlaps(cidr: str, odd: tuple[list[int], list[int]]) -> bool:
     i = bisect.bisect_right(starts, end) - 1
     # blocks never overlap each other, so the last one starting before our end decides
     return i >= 0 and ends[i] >= start
+
+
+class _RecordCheck:
+    """Which free addresses of one block endpoint records name, exact for the block's state:
+    the cached :class:`NamedAddresses` is read again first if the block's revision is
+    unknown (``suspects`` None), or when an address it may be wrong about is met."""
+
+    def __init__(self, allocator: Allocator, suspects: frozenset[str] | None):
+        self.allocator = allocator
+        if suspects is None:
+            allocator._named.refresh(allocator.store)
+            suspects = frozenset()
+        self.suspects = suspects
+
+    def named(self, address: str) -> tuple[str, str] | None:
+        """(host, endpoint id) of the record naming ``address``, None if none does."""
+        if address in self.suspects:
+            self.allocator._named.refresh(self.allocator.store)
+            self.suspects = frozenset()
+        return self.allocator._named.owner.get(address)
 
 
 @dataclass

@@ -187,3 +187,26 @@ def test_proof_names_the_allocation_holding_an_address(store, pools):
     assert a.proof("10.20.10.250") is None and a.proof("garbage") is None
     a.release(got.address)
     assert a.proof(got.address) is None
+
+
+def test_own_releases_keep_the_hot_path_one_transaction_and_are_checked_when_reached(store, pools):
+    """A run/rm loop: the allocator's own release marks only the released address suspect."""
+    a = Allocator(store, "host1")
+    x = a.assign("ep0", pool=POOL).address
+    record(store, "2" * 64, x)  # its record outlives it (e.g. DeleteEndpoint lost with etcd)
+    a.release(x)                # dockerd's ReleaseAddress, through this allocator
+    calls = []
+    original_txn, original_prefix = store.txn, store.get_prefix
+    store.txn = lambda *args, **kw: calls.append("txn") or original_txn(*args, **kw)
+    store.get_prefix = lambda *args, **kw: calls.append("range") or original_prefix(*args, **kw)
+    try:
+        for i in range(3):
+            b = a.assign(f"churn{i}", pool=POOL).address
+            a.release(b)
+    finally:
+        del store.txn, store.get_prefix
+    assert calls == ["txn"] * 6  # no listing of the endpoint records
+    got = [a.assign(f"n{i}", pool=POOL).address for i in range(16)]  # the /28 wraps to x
+    assert x not in got
+    assert holder(store, x).handle == record_handle("2" * 64)
+    check_consistency(store)
