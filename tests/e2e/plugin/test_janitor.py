@@ -26,7 +26,7 @@ import threading
 
 import pytest
 
-from ctl.lab import IMAGE, Lab, procs
+from ctl.lab import IMAGE, Lab, LabError, procs
 from ipam.workloads import host_ifname
 from plugin import server
 from plugin.dataplane import RTPROT_WARREN
@@ -80,7 +80,7 @@ def clean(lab):
 
 
 def remove_all_containers(lab) -> None:
-    ids = dk(lab, HOST, "ps", "-aq").stdout.split()
+    ids = dk(lab, HOST, "ps", "-aq", check=False).stdout.split()
     if ids:
         dk(lab, HOST, "rm", "-f", *ids, check=False, timeout=300)
 
@@ -274,32 +274,6 @@ def test_plugin_killed_during_docker_run(clean):
     converges(lab, "all removed after the plugin's restart")
 
 
-@pytest.mark.parametrize("crash", [False, True], ids=["stopped", "killed"])
-def test_dockerd_restart_without_live_restore(clean, crash):
-    """dockerd stopped (SIGTERM, as systemd does) or killed (-9), then started again."""
-    lab = clean
-    for i in range(5):
-        start(lab, f"jd{i}")
-    converges(lab, "five running containers")
-    rounds, removed = janitor_rounds_after_restart(lab), log_count(lab, REMOVED)
-    if crash:
-        pid = procs.read_pidfile(lab.host(HOST).path("dockerd.pid"))
-        assert pid and procs.matches(pid, lab.dockerd)
-        os.kill(pid, signal.SIGKILL)
-        assert not procs.wait_gone([pid], 60), "dockerd survived SIGKILL"
-        # its pid file stays behind, and its pid may not be reaped yet: dockerd would refuse to
-        # start ("process with PID N is still running"); a supervisor would clean this up too
-        os.unlink(lab.host(HOST).path("dockerd.pid"))
-    lab.restart_dockerd(HOST)
-    wait_for(lambda: janitor_rounds_after_restart(lab) > rounds, DEADLINE, step=1,
-             what="the janitor's round after dockerd's restart")
-    wait_for(lambda: dk(lab, HOST, "ps", "-q").stdout.split() == [], DEADLINE, step=1,
-             what="the containers stopped (no live-restore)")   # without live-restore they stopped
-    converges(lab, "dockerd restarted without live-restore")
-    print(f"dockerd restart: the janitor removed {log_count(lab, REMOVED) - removed} endpoint(s)")
-    assert state(lab)["endpoints"] == {} and state(lab)["allocations"] == []
-
-
 def set_live_restore(lab, on: bool) -> None:
     """/etc/docker/daemon.json of the lab host (HOSTDIR/etc-docker), and a dockerd restart."""
     path = lab.host(HOST).path("etc-docker", "daemon.json")
@@ -336,3 +310,45 @@ def test_dockerd_restart_with_live_restore_touches_nothing(clean):
         set_live_restore(lab, False)
     converges(lab, "live-restore containers removed")
 
+
+def test_dockerd_restart_without_live_restore(clean):
+    dockerd_restart_without_live_restore(clean, crash=False)
+
+
+def test_dockerd_killed_and_started_without_live_restore(clean):
+    """Last in the module: on 20.10 a dockerd killed -9 may not come back (its managed
+    containerd), which would take the lab with it."""
+    dockerd_restart_without_live_restore(clean, crash=True)
+
+
+def dockerd_restart_without_live_restore(clean, crash: bool) -> None:
+    """dockerd stopped (SIGTERM, as systemd does) or killed (-9), then started again."""
+    lab = clean
+    for i in range(5):
+        start(lab, f"jd{i}")
+    converges(lab, "five running containers")
+    rounds, removed = janitor_rounds_after_restart(lab), log_count(lab, REMOVED)
+    if crash:
+        pid = procs.read_pidfile(lab.host(HOST).path("dockerd.pid"))
+        assert pid and procs.matches(pid, lab.dockerd)
+        os.kill(pid, signal.SIGKILL)
+        assert not procs.wait_gone([pid], 60), "dockerd survived SIGKILL"
+        # its pid file stays behind, and its pid may not be reaped yet: dockerd would refuse to
+        # start ("process with PID N is still running"); a supervisor would clean this up too
+        os.unlink(lab.host(HOST).path("dockerd.pid"))
+        try:
+            lab.restart_dockerd(HOST)
+        except LabError:
+            try:  # once more: the old dockerd's containerd may still be going away
+                lab.restart_dockerd(HOST)
+            except LabError as exc:
+                pytest.skip(f"dockerd does not start again after kill -9 on this engine: {exc}")
+    else:
+        lab.restart_dockerd(HOST)
+    wait_for(lambda: janitor_rounds_after_restart(lab) > rounds, DEADLINE, step=1,
+             what="the janitor's round after dockerd's restart")
+    wait_for(lambda: dk(lab, HOST, "ps", "-q").stdout.split() == [], DEADLINE, step=1,
+             what="the containers stopped (no live-restore)")   # without live-restore they stopped
+    converges(lab, "dockerd restarted without live-restore")
+    print(f"dockerd restart: the janitor removed {log_count(lab, REMOVED) - removed} endpoint(s)")
+    assert state(lab)["endpoints"] == {} and state(lab)["allocations"] == []
