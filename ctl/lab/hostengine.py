@@ -35,6 +35,7 @@ from .layout import HostLayout
 
 ENGINE_ENV = "WARREN_LAB_ENGINE"
 FIREWALL_ENV = "WARREN_LAB_DOCKER_FIREWALL"
+ETCD_TLS_ENV = "WARREN_LAB_ETCD_TLS"  # on: etcd over https with client certificates by default
 FIREWALL_OFF_FLAGS = ("--bridge=none", "--iptables=false", "--ip6tables=false", "--ip-masq=false")
 DOCKER_CONFIG_DIR = "docker-config"
 
@@ -60,6 +61,18 @@ def choose_firewall(firewall: bool | str | None = None) -> bool:
     if value not in ("on", "off"):
         where = "" if firewall not in (None, "") else f" (from ${FIREWALL_ENV})"
         raise ChoiceError(f"--docker-firewall must be on or off, not {source!r}{where}")
+    return value == "on"
+
+
+def choose_etcd_tls(tls: bool | str | None = None) -> bool:
+    """``--etcd-tls`` as given, else ``$WARREN_LAB_ETCD_TLS`` (on/off), else off."""
+    if isinstance(tls, bool):
+        return tls
+    source = tls if tls not in (None, "") else os.environ.get(ETCD_TLS_ENV) or "off"
+    value = str(source).strip().lower()
+    if value not in ("on", "off"):
+        where = "" if tls not in (None, "") else f" (from ${ETCD_TLS_ENV})"
+        raise ChoiceError(f"--etcd-tls must be on or off, not {source!r}{where}")
     return value == "on"
 
 

@@ -373,12 +373,13 @@ class Lab:
             raise LabError("warren-lab must run as root")
 
     def up(self, hosts: int, *, node: bool = True, etcd_members: int = 1,
-           etcd_tls: bool = False, engine: str | None = None,
+           etcd_tls: bool | str | None = None, engine: str | None = None,
            docker_firewall: bool | str | None = None) -> dict[str, Any]:
         """Create the lab with ``hosts`` hosts; on any failure tear down and raise LabError.
 
         ``etcd_members`` > 1 runs a static etcd cluster of that size instead of
-        one etcd; ``etcd_tls`` makes etcd require client certificates (https).
+        one etcd; ``etcd_tls`` makes etcd require client certificates (https; default
+        ``$WARREN_LAB_ETCD_TLS`` on/off, else off).
         ``engine`` (``20.10``, ``26``, ``28``; default ``$WARREN_LAB_ENGINE``, else
         ``28``) is fetched first if it is not cached; ``docker_firewall`` (True/False
         or ``on``/``off``; default ``$WARREN_LAB_DOCKER_FIREWALL``, else on) runs
@@ -391,6 +392,7 @@ class Lab:
         try:
             engine_name = hostengine.choose_engine(engine)
             firewall = hostengine.choose_firewall(docker_firewall)
+            etcd_tls = hostengine.choose_etcd_tls(etcd_tls)
             eng = engines.ensure(engine_name)
         except (hostengine.ChoiceError, engines.EngineError) as exc:
             raise LabError(str(exc)) from None

@@ -50,8 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-node", action="store_true", help="do not run 'warrenctl node start'")
     p.add_argument("--etcd-members", type=int, default=1, metavar="M",
                    help=f"run a static etcd cluster of M members (1..{MAX_ETCD_MEMBERS}; default 1)")
-    p.add_argument("--etcd-tls", action="store_true",
-                   help="etcd over https with client certificates (a lab CA made with openssl)")
+    p.add_argument("--etcd-tls", action=argparse.BooleanOptionalAction, default=None,
+                   help="etcd over https with client certificates (a lab CA made with openssl; "
+                        "default: $WARREN_LAB_ETCD_TLS on|off, else off)")
     p.add_argument("--engine", metavar="E",
                    help=f"Docker engine of every host: {' | '.join(ENGINES)} "
                         f"(default: ${ENGINE_ENV}, else the newest); fetched on first use")
