@@ -11,7 +11,8 @@ record (:func:`leaks`). The janitor runs every 3 s with a 5 s grace here
 * ``kill -9`` of the plugin server while containers are being started (the node's
   supervisor starts a new one);
 * dockerd stopped or killed (-9) and started again without live-restore (containers stop;
-  Docker's Leave/DeleteEndpoint calls come only for some);
+  Docker's Leave/DeleteEndpoint calls come only for some), also while etcd is down (then
+  none of them can succeed);
 * dockerd restarted with live-restore: nothing a running container uses is touched, and
   its containers still reach each other.
 """
@@ -315,14 +316,21 @@ def test_dockerd_restart_without_live_restore(clean):
     dockerd_restart_without_live_restore(clean, crash=False)
 
 
+def test_dockerd_restart_while_etcd_is_down(clean):
+    """dockerd's clean-up calls at its start (Leave, DeleteEndpoint) all fail: the janitor
+    removes every record once etcd is back."""
+    dockerd_restart_without_live_restore(clean, crash=False, etcd_down=True)
+
+
 def test_dockerd_killed_and_started_without_live_restore(clean):
     """Last in the module: on 20.10 a dockerd killed -9 may not come back (its managed
     containerd), which would take the lab with it."""
     dockerd_restart_without_live_restore(clean, crash=True)
 
 
-def dockerd_restart_without_live_restore(clean, crash: bool) -> None:
-    """dockerd stopped (SIGTERM, as systemd does) or killed (-9), then started again."""
+def dockerd_restart_without_live_restore(clean, crash: bool, etcd_down: bool = False) -> None:
+    """dockerd stopped (SIGTERM, as systemd does; with etcd down meanwhile) or killed (-9),
+    then started again."""
     lab = clean
     for i in range(5):
         start(lab, f"jd{i}")
@@ -343,12 +351,23 @@ def dockerd_restart_without_live_restore(clean, crash: bool) -> None:
                 lab.restart_dockerd(HOST)
             except LabError as exc:
                 pytest.skip(f"dockerd does not start again after kill -9 on this engine: {exc}")
+    elif etcd_down:
+        lab.stop_etcd()
+        try:
+            lab.restart_dockerd(HOST)
+            wait_for(lambda: dk(lab, HOST, "ps", "-q").stdout.split() == [], DEADLINE, step=1,
+                     what="the containers stopped (no live-restore)")
+        finally:
+            lab.start_etcd()
     else:
         lab.restart_dockerd(HOST)
-    wait_for(lambda: janitor_rounds_after_restart(lab) > rounds, DEADLINE, step=1,
-             what="the janitor's round after dockerd's restart")
+    if not etcd_down:  # (with etcd down that round is skipped: the periodic ones clean up)
+        wait_for(lambda: janitor_rounds_after_restart(lab) > rounds, DEADLINE, step=1,
+                 what="the janitor's round after dockerd's restart")
     wait_for(lambda: dk(lab, HOST, "ps", "-q").stdout.split() == [], DEADLINE, step=1,
              what="the containers stopped (no live-restore)")   # without live-restore they stopped
     converges(lab, "dockerd restarted without live-restore")
     print(f"dockerd restart: the janitor removed {log_count(lab, REMOVED) - removed} endpoint(s)")
+    if etcd_down:  # not one of dockerd's calls could reach etcd: the janitor removed them all
+        assert log_count(lab, REMOVED) - removed == 5
     assert state(lab)["endpoints"] == {} and state(lab)["allocations"] == []
