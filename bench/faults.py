@@ -20,7 +20,9 @@ Per fault, one table row:
   failed;
 * **leaks first**: what no container of dockerd's owns once the churn is over
   (endpoint records, IPAM allocations and handles, veths, routes, chains, tag
-  set members); **clean**: s from then until none was left (``-``: not
+  set members; for etcd: right after it is back, before the churn), so what
+  a janitor round removed during a long churn is not seen; **clean**: s from
+  then until none was left (``-``: not
   within ``--settle`` s; the janitor runs with its defaults: a round every
   60 s, orphans older than 60 s); **leaks left**: what was still there.
 

@@ -49,7 +49,10 @@ veths, workload host routes, per-endpoint chains and tag ipset members that no
 container dockerd knows owns. Leaks are polled until none is left or
 ``settle`` s passed (Leave deletes veths in the background; the janitor
 reconciles later): what was found first, what is left and how long it took to
-go are reported.
+go are reported. The first check comes when the churn has ended (during it,
+a container being created would count); for ``etcd`` also right after etcd
+is back and the removals returned, before the churn starts, so what the
+outage left is seen before a janitor round removes it.
 
 The parts: :mod:`.common` (names, docker and warrenctl in a host),
 :mod:`.nodeprocs` (pid files, kill, health, ``node start``), :mod:`.probe`
@@ -69,7 +72,7 @@ from ctl.lab import IMAGE, Lab, procs
 
 from .churn import Churn
 from .common import DST, DST_IP, HOSTS, NET, PEER, SRC, SUBNET, VICTIM, HarnessError, docker
-from .leaks import settle_leaks
+from .leaks import leaks, settle_leaks
 from .nodeprocs import PROCESSES, kill9, node_pid, node_start, plugin_serving, wait_healthy
 from .probe import REPLY_TIMEOUT, PingStats, Probe
 
@@ -183,7 +186,8 @@ class FaultResult:
     recovered_by: str                 # "itself", "node start", "etcd start", "dockerd restart", "-"
     unhealthy: list[str]              # what was still wrong with the nodes after HEALTHY_TIMEOUT
     leaks: dict[str, list[str]]       # left after ``settle`` s
-    first_leaks: dict[str, list[str]]  # found at the first check, right after the churn
+    first_leaks: dict[str, list[str]]  # found at the first check: when the churn ended (etcd: when it
+                                       # was back and the removals done, before the churn)
     clean_after: float | None         # s from the first check until no leak was left (None: never)
     notes: list[str] = field(default_factory=list)  # information (failed runs...), not a goal
 
@@ -230,6 +234,8 @@ def run_fault(fabric: Fabric, fault: str, containers: int, settle: float, keep: 
         fabric.set_live_restore(VICTIM, fault == "dockerd-live-restore")
     notes: list[str] = []
     recovered_by = "-"
+    early: dict[str, list[str]] = {}
+    t_early = 0.0
     with fabric.probe() as probe:
         t_ok = probe.wait_answering()
         churn = Churn(lab, VICTIM, tag, containers)
@@ -240,6 +246,8 @@ def run_fault(fabric: Fabric, fault: str, containers: int, settle: float, keep: 
                     docker(lab, VICTIM, "run", "-d", "--init", "--name", name, "--net", NET, IMAGE, "sleep", "600")
                 t_fault = time.monotonic()
                 lab.stop_etcd()
+                if any(m["running"] for m in lab.etcd_status()):
+                    raise HarnessError("etcd still answers after Lab.stop_etcd")
                 removed: list[str] = []
 
                 def remove(name: str) -> None:
@@ -256,6 +264,7 @@ def run_fault(fabric: Fabric, fault: str, containers: int, settle: float, keep: 
                 t_run_from = time.monotonic()
                 for t in removals:
                     t.join(300)
+                early, t_early = leaks(lab), time.monotonic()   # before the churn: nothing in flight
                 if removed_while_down < len(kept):   # the rest went after etcd came back
                     notes.append(f"only {removed_while_down} of {len(kept)} containers were removed while "
                                  f"etcd was down")
@@ -284,7 +293,11 @@ def run_fault(fabric: Fabric, fault: str, containers: int, settle: float, keep: 
                 lab.start_etcd()
                 docker(lab, VICTIM, "rm", "-f", *kept, check=False, timeout=300)
     failed = churn.failures()
+    t_settle = time.monotonic()
     first, found, clean_after = settle_leaks(lab, settle)
+    if early:   # etcd: what its outage left, and how long it took to go from then on
+        first = early
+        clean_after = None if clean_after is None else round(t_settle + clean_after - t_early, 1)
     if any(op.verb == "run" for op in failed):
         notes.append("failed runs: " + "; ".join(f"at {op.started - t_fault:+.1f} s: {op.error[-160:]}"
                                                  for op in failed if op.verb == "run")[:800])
