@@ -69,7 +69,9 @@ def cidr(value: Any, what: str, version: int | None = None) -> ipaddress.IPv4Net
 
 
 def integer(value: Any, what: str, low: int, high: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{what} {_show(value)} is not an integer")
+    if not low <= value <= high:
         raise ValueError(f"{what} {_show(value)} is out of range {low}-{high}")
     return value
 
