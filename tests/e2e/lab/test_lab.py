@@ -130,7 +130,8 @@ def test_status_json_fields(lab):
     v4, v6 = ipaddress.ip_network(st["subnet_v4"]), ipaddress.ip_network(st["subnet_v6"])
     assert v4.prefixlen == 24 and v4.subnet_of(ipaddress.ip_network("198.18.0.0/15"))
     assert v6.prefixlen == 64 and v6.subnet_of(ipaddress.ip_network("2001:db8::/32"))
-    assert st["etcd_endpoint"] == f"http://{st['gateway_v4']}:2379" and st["etcd_running"]
+    scheme = "https" if st["etcd_tls"] else "http"  # $WARREN_LAB_ETCD_TLS may turn TLS on
+    assert st["etcd_endpoint"] == f"{scheme}://{st['gateway_v4']}:2379" and st["etcd_running"]
     assert st["state_dir"] == lab.dir
     assert [h["name"] for h in st["hosts"]] == ["host1", "host2"]
     for i, h in enumerate(st["hosts"], 1):
@@ -228,7 +229,11 @@ def test_etcd_reachable_from_a_host(lab):
             f"ds.put({key!r}, 'from-' + sys.argv[1]); print(ds.get({key!r}).value.decode())")
     res = lab.exec("host1", [sys.executable, "-c", code, "host1"], timeout=30)
     assert (res.returncode, res.stdout.strip()) == (0, "from-host1"), res.stderr
-    res = lab.exec("host2", ["etcdctl", "--endpoints", lab.layout.etcd_endpoint, "get",
+    tls = []
+    if lab.layout.etcd_tls:
+        tls = [f"--cacert={lab.layout.pki('ca.crt')}", f"--cert={lab.layout.pki('client.crt')}",
+               f"--key={lab.layout.pki('client.key')}"]
+    res = lab.exec("host2", ["etcdctl", "--endpoints", lab.layout.etcd_endpoint, *tls, "get",
                              "--print-value-only", key], timeout=30)
     assert (res.returncode, res.stdout.strip()) == (0, "from-host1"), res.stderr
 
