@@ -19,6 +19,7 @@ import time
 
 from datastore import codec, keys
 from ipam import Allocator, InvalidRequest
+from ipam.allocator import RECORD_PURPOSE
 from ipam.blocks import Block
 from ipam.check import check, repair
 from ipam.inventory import address_info, list_blocks
@@ -135,7 +136,7 @@ def ipam_check(args, ctx) -> int:
     if note:
         print(note)
     live = {a for e in endpoints for a in e.addresses} | aux  # an orphan's addresses: with it
-    findings = check(ctx.store, live, PURPOSE, grace=args.grace)
+    findings = check(ctx.store, live, (PURPOSE, RECORD_PURPOSE), grace=args.grace)
     if not findings and not lost:
         print("IPAM is consistent: every Docker address belongs to an endpoint or an --aux-address"
               + ("" if note else ", and dockerd owns every endpoint of this host"))

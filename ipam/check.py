@@ -2,7 +2,7 @@
 
 * **leaked**: an allocation whose owner says it no longer exists. The caller
   passes the set of addresses its owners still hold (e.g. every Docker
-  endpoint's addresses) and which ``purpose`` it speaks for; allocations
+  endpoint's addresses) and which ``purpose`` (or purposes) it speaks for; allocations
   younger than ``grace`` seconds are spared, because Docker asks for an
   address a moment before it creates the endpoint that holds it.
 * **stale-index**: a handle key with no allocation behind it.
@@ -30,17 +30,17 @@ class Finding:
     block: str
 
 
-def check(store: Datastore, live: set[str], purpose: str, grace: float = 60.0,
+def check(store: Datastore, live: set[str], purpose: str | tuple[str, ...], grace: float = 60.0,
           now: float | None = None) -> list[Finding]:
     now = time.time() if now is None else now
+    purposes = (purpose,) if isinstance(purpose, str) else tuple(purpose)
     findings = []
     held: dict[str, tuple[str, str]] = {}
-    for kv in store.get_prefix(keys.BLOCKS):
-        block = codec.loads(Block, kv.value)
+    for block in codec.load_all(Block, store.get_prefix(keys.BLOCKS)):  # a bad one: skipped, counted
         for ordinal, allocation in block.allocations.items():
             address = block.address(ordinal)
             held[address] = (allocation.handle, block.cidr)
-            if allocation.attrs.get("purpose") != purpose or address in live:
+            if allocation.attrs.get("purpose") not in purposes or address in live:
                 continue
             since = float(allocation.attrs.get("since", 0))
             if now - since >= grace:

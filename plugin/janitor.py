@@ -38,9 +38,12 @@ if no remaining record names it and it is still held by the allocation seen
 (compare-and-swap on the handle), so an address handed to a newer
 container is never freed. Also swept, on this host only:
 
-* Docker allocations (``purpose=docker``, this host) no record and no
-  ``--aux-address`` names, older than the grace period: a RequestAddress
-  whose CreateEndpoint never came, or a release lost with etcd;
+* Docker allocations (``purpose=docker``, this host) and addresses IPAM
+  re-imported for a record (``purpose=record``: the record named a freed
+  address, :mod:`ipam.allocator`) that no record and no ``--aux-address``
+  names, older than the grace period: a RequestAddress whose CreateEndpoint
+  never came, a release lost with etcd, a record removed without its
+  addresses;
 * gateway-slot keys whose endpoint record is gone (read before the records:
   Join writes a slot and its record in one transaction);
 * ``wrn*`` interfaces with no joined record, seen so in two rounds in a row
@@ -74,6 +77,7 @@ from urllib.parse import quote
 
 from datastore import Datastore, DatastoreError, codec, keys
 from ipam import Allocator
+from ipam.allocator import RECORD_PURPOSE, record_handle
 from ipam.blocks import Block
 from ipam.workloads import Endpoint, Network, host_ifname
 
@@ -88,6 +92,7 @@ WATCH_INTERVAL = 5.0      # s between looks at dockerd (a restart triggers a rou
 DOCKER_PURPOSE = "docker"  # plugin.ipamdriver.PURPOSE (not imported: no Flask in the CLI's path)
 CONTAINER_HANDLE = "container-"  # plugin.containers.handle_of
 LIVE_STATES = frozenset({"running", "paused", "restarting"})
+SWEPT = (DOCKER_PURPOSE, RECORD_PURPOSE)  # allocations released when no record names them
 
 
 def settings(env: Mapping[str, str] | None = None) -> tuple[float, float]:
@@ -220,7 +225,10 @@ def age(endpoint: Endpoint, held: Mapping[str, Held], now: float) -> float:
 
 
 def releasable(endpoint: Endpoint, h: Held) -> bool:
-    """Whether ``h`` is the endpoint's own kind of allocation (Docker's, or container add's)."""
+    """Whether ``h`` is the endpoint's own kind of allocation: Docker's, container add's, or
+    the one IPAM re-imported for this record (its address was freed under it)."""
+    if h.handle == record_handle(endpoint.id):
+        return True
     if endpoint.container:
         return h.handle == CONTAINER_HANDLE + endpoint.id
     return h.purpose == DOCKER_PURPOSE
@@ -255,7 +263,7 @@ def plan(host: str, endpoints: list[Endpoint], view: DockerView, held: Mapping[s
                 result.release.append(h)
                 releasing.add(a)
     for a, h in sorted(held.items()):
-        if (h.host == host and h.purpose == DOCKER_PURPOSE and a not in named and a not in releasing
+        if (h.host == host and h.purpose in SWEPT and a not in named and a not in releasing
                 and now - h.since >= grace):
             result.release.append(h)
     remaining = {e.id for e in mine if e.id not in gone}

@@ -30,3 +30,15 @@ def test_leaks_and_index_drift_are_found_and_repaired(store):
     assert repair(store, "host1", findings) == 3
     assert check(store, live={live}, purpose="docker", grace=60) == []
     assert check_consistency(store) == {live: "ep-live", young: "ep-new", other: "tunnel"}
+
+
+def test_several_purposes_and_a_bad_block_record(store):
+    PoolStore(store).add([make_pool("10.20.10.0/24")])
+    a = Allocator(store, "host1")
+    old = str(int(time.time()) - 3600)
+    docker = a.assign("ep-gone", pool="10.20.10.0/24", attrs={"purpose": "docker", "since": old}).address
+    record = a.assign("endpoint-x", pool="10.20.10.0/24", attrs={"purpose": "record", "since": old}).address
+    store.put(keys.block("10.20.99.0/26"), b'{"cidr": 7}')          # garbage: skipped, not fatal
+    found = {(f.kind, f.address) for f in check(store, live=set(), purpose=("docker", "record"))}
+    assert found == {("leaked", docker), ("leaked", record)}
+    assert {f.address for f in check(store, live=set(), purpose="docker")} == {docker}

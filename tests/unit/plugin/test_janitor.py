@@ -186,3 +186,14 @@ def test_only_this_hosts_networks_gone_from_dockerd_and_unused_are_listed():
     # an orphan record on a gone network goes in the same round, and the network with it
     p = plan("h1", records, view([]), held("10.0.0.1"), [], NOW, GRACE, networks=networks)
     assert [e.id for e in p.endpoints] == [A] and p.networks == [gone, used]
+
+
+def test_an_address_ipam_reimported_for_the_orphan_goes_with_it():
+    """The record named a freed address, so IPAM holds it for the record (purpose=record)."""
+    from ipam.allocator import record_handle
+    allocs = held("10.0.0.1", handle=record_handle(A), purpose="record")
+    p = plan("h1", [ep(A)], view(), allocs, [], NOW, GRACE)
+    assert [e.id for e in p.endpoints] == [A] and [h.handle for h in p.release] == [record_handle(A)]
+    # ... and one whose record went without it is swept like a lone Docker address
+    p = plan("h1", [], view(), allocs, [], NOW, GRACE)
+    assert [h.address for h in p.release] == ["10.0.0.1"]
