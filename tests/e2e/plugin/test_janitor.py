@@ -295,7 +295,8 @@ def test_dockerd_restart_with_live_restore_touches_nothing(clean):
         start(lab, "jl1")
         start(lab, "jl2")
         target = address(lab, HOST, "jl2", NET)
-        assert pings(lab, HOST, "jl1", target)
+        wait_for(lambda: pings(lab, HOST, "jl1", target), 90, step=1,   # the agent's chains
+                 what="jl1 -> jl2 before the restart")
         converges(lab, "two running containers")
         before, kernel_before = state(lab), kernel(lab)
         rounds, removed = janitor_rounds_after_restart(lab), log_count(lab, REMOVED)
