@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 
 from ctl.lab import Lab
+from ipam.workloads import host_ifname
 
 from .common import HOSTS, REPO, HarnessError, docker
 
@@ -76,7 +77,12 @@ def leaks(lab: Lab) -> dict[str, list[str]]:
     """Every kind of state no container owns (kinds with none are left out)."""
     mine = owned(lab)
     states = {host: collect(lab, host, etcd=(host == HOSTS[0])) for host in HOSTS}
-    records = states[HOSTS[0]]
+    return compare(mine, states, states[HOSTS[0]])
+
+
+def compare(mine: Owned, states: dict[str, dict], records: dict) -> dict[str, list[str]]:
+    """What of ``states`` (per host, :mod:`.collect`'s kernel part) and ``records`` (its etcd
+    part) no container of ``mine`` owns, by kind (kinds with none are left out). Pure."""
     everywhere = mine.all_addresses
     out: dict[str, list[str]] = {kind: [] for kind in LEAK_KINDS}
     for e in records["endpoints"]:
@@ -90,10 +96,10 @@ def leaks(lab: Lab) -> dict[str, list[str]]:
         if h["address"] not in everywhere or (h["handle"], h["address"]) not in held:
             out["handles"].append(f"{h['handle']}/{h['address']}")
     for host, state in states.items():
-        ifaces = {"wrn" + e[:11] for e in mine.endpoints[host]}
+        ifaces = {host_ifname(e) for e in mine.endpoints.get(host, set())}
         out["veths"] += [f"{host}:{v}" for v in state["veths"] if v not in ifaces]
         out["routes"] += [f"{host}:{r['dst']} dev {r['dev']}" for r in state["routes"]
-                          if r["dst"] not in mine.addresses[host] or r["dev"] not in ifaces]
+                          if r["dst"] not in mine.addresses.get(host, set()) or r["dev"] not in ifaces]
         out["chains"] += [f"{host}:{c}" for c in state["chains"] if c[len("WARREN-FW-"):] not in ifaces]
         for name, members in state["sets"].items():
             out["set members"] += [f"{host}:{name}:{m}" for m in members if m not in everywhere]
