@@ -14,7 +14,9 @@ configuration (host names resolved at every full refresh), every node's
 underlay addresses (from the snapshot) and this host's own addresses (read
 from the kernel at every full refresh and when Docker's bridges change).
 Workloads' packets to it are dropped before any profile, unless a rule
-naming the address opens it (see :mod:`profiles.generator`).
+naming the address opens it (see :mod:`profiles.generator`), or they go to a
+port a node publishes (``warren-published-v4``/``-v6``: every published
+endpoint's port map at its node's underlay address, :func:`published_ports`).
 
 Records are never trusted (issue 12): every listing and watch event is
 decoded with :mod:`datastore.codec`'s checks, and a record that fails is
@@ -134,8 +136,14 @@ class Snapshot:
         if old is None:
             return True
         if prefix == keys.ENDPOINTS:
-            return replace(old, **POLICY_IGNORED) != replace(new, **POLICY_IGNORED)
+            return (replace(old, **POLICY_IGNORED) != replace(new, **POLICY_IGNORED)
+                    or _published(old) != _published(new))
         return old != new
+
+
+def _published(endpoint: Endpoint) -> list:
+    """What the published-ports set takes from an endpoint: its port map while it is published."""
+    return endpoint.ports if endpoint.published else []
 
 
 # Endpoint fields no rule reads (see Snapshot.update), with the value both sides are compared at.
@@ -210,6 +218,27 @@ def unused_auto_profiles(snapshot: Snapshot) -> list[str]:
     return sorted(name for name, p in snapshot.profiles.items() if p.auto and name not in used)
 
 
+def published_ports(snapshot: Snapshot) -> list[tuple[str, str, int]]:
+    """(node address, protocol, host port) of every port any node publishes for a workload
+    (``docker run -p``), for the published-ports set: a workload may reach them at the
+    node's underlay address, which is otherwise control plane. A mapping bound to one host
+    address counts where that is the node's underlay address; ``0.0.0.0`` is every IPv4
+    address, ``::`` every IPv6 one, and ``""`` (older records) both."""
+    found = []
+    for e in snapshot.endpoints.values():
+        node = snapshot.nodes.get(e.host)
+        if not e.published or node is None:
+            continue
+        for m in e.ports:
+            if not isinstance(m, dict):
+                continue
+            bound = m.get("host_ip") or ""
+            for address, anywhere in ((node.ipv4, "0.0.0.0"), (node.ipv6, "::")):
+                if address and bound in ("", anywhere, address):
+                    found.append((address, m.get("proto"), m.get("host_port")))
+    return found
+
+
 def node_addresses(snapshot: Snapshot) -> list[tuple[str | None, str | None]]:
     return [(n.ipv4, n.ipv6) for n in snapshot.nodes.values()]
 
@@ -241,6 +270,7 @@ class PolicyAgent:
         self._sets: dict[int, dict[str, list[str]] | None] = {}
         self._pools: dict[int, list[str]] = {}
         self._control: dict[int, list[str]] = {}
+        self._published: dict[int, list[str]] = {}
         # the control plane's parts the snapshot does not hold (see profiles.controlplane)
         config = getattr(store, "config", None)
         self.etcd_hosts = list(etcd_hosts if etcd_hosts is not None
@@ -365,6 +395,11 @@ class PolicyAgent:
         if full or self._control.get(version) != control:  # likewise
             self.kernel.ipset_restore(generator.control_text(control, version))
             self._control[version] = control
+        entries = published_ports(self.snapshot)
+        published = generator.published_members(entries, version)
+        if full or self._published.get(version) != published:  # likewise
+            self.kernel.ipset_restore(generator.published_text(entries, version))
+            self._published[version] = published
         applied_sets = {} if full else (self._sets.get(version) or {})
         changed = {n: m for n, m in sets.items() if applied_sets.get(n) != m}
         if changed:  # sets first: the rules about to be written reference them

@@ -142,8 +142,12 @@ node's underlay addresses, this host's own addresses; the ``hash:ip`` sets
 limits to workloads whatever the profiles and ``host_policy`` say: every
 endpoint chain sends a packet to it into WARREN-FAILSAFE *before* its
 profiles run, which drops it unless an opening rule naming that one address
-matched (CONTROL mark; a subnet or 0.0.0.0/0 never counts), or it is DNS to
-a node running a resolver (``resolvers``; none yet). This holds on FORWARD
+matched (CONTROL mark; a subnet or 0.0.0.0/0 never counts), it goes to a
+port a node publishes for a workload (``docker run -p`` publishes to
+everyone, as Docker's bridge does; the ``hash:ip,port`` sets
+``warren-published-v4``/``-v6`` hold each node's address, protocol and host
+port; the profiles still decide), or it is DNS to a node running a resolver
+(``resolvers``; none yet). This holds on FORWARD
 (other nodes, etcd members) and on INPUT (this host's underlay address;
 other host addresses such as the workloads' gateway follow ``host_policy``).
 
@@ -198,6 +202,7 @@ HOST_MARK = 0x2000000    # an opening rule (an outbound allow naming a destinati
 CONTROL_MARK = 0x4000000  # ... one naming a single address (/32, /128): the control plane too
 MARKS = ACCEPT_MARK | HOST_MARK | CONTROL_MARK
 RESOLVER_PORTS = (("udp", 53), ("tcp", 53))  # open on a node running a DNS resolver (see chain_rules)
+PUBLISHED_PROTOCOLS = ("tcp", "udp", "sctp")  # what -p publishes (see published_members)
 WORKLOAD_PREFIX = "wrn"  # plugin.dataplane.HOST_PREFIX
 HOST_POLICIES = ("drop", "accept")
 MULTIPORT_MAX = 15       # xt_multiport: 15 ports per match, a range counts twice
@@ -231,6 +236,7 @@ class Ruleset:
     sets: frozenset[str]        # every tag set the ipset text defines
     pools: str = ""             # ipset restore input that (re)fills the pools set
     control: str = ""           # ipset restore input that (re)fills the control-plane set
+    published: str = ""         # ipset restore input that (re)fills the published-ports set
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -486,8 +492,12 @@ def _static_lines(version: int, host_policy: str, prefix: str) -> list[str]:
 def failsafe_lines(version: int, resolvers: Iterable[str] = ()) -> list[str]:
     """WARREN-FAILSAFE: a workload's packet to a control-plane address (entered from its
     endpoint chain, before any profile) is dropped unless an opening rule naming that
-    address matched (CONTROL_MARK), or it is DNS to a node that runs a resolver."""
-    lines = [f"-A {FAILSAFE} {_has_mark(CONTROL_MARK)} -j RETURN"]
+    address matched (CONTROL_MARK), it goes to a port a node publishes for a workload
+    (``docker run -p``: published to everyone, workloads included, as Docker's bridge does),
+    or it is DNS to a node that runs a resolver. Returned packets still meet the profiles."""
+    lines = [f"-A {FAILSAFE} {_has_mark(CONTROL_MARK)} -j RETURN",
+             f"-A {FAILSAFE} -m set --match-set {names.PUBLISHED_SET[version]} dst,dst "
+             f"{_comment('warren: a port a node publishes')} -j RETURN"]
     for address in _addresses(resolvers, version):
         lines += [f"-A {FAILSAFE} -d {_host(address, version)} -p {protocol} -m multiport "
                   f"--dports {port} {_comment('warren: DNS resolver')} -j RETURN"
@@ -669,13 +679,37 @@ def control_text(addresses: Iterable[str], version: int) -> str:
     return ipset_text({names.CONTROL_SET[version]: control_members(addresses, version)}, version)
 
 
+def published_members(entries: Iterable[tuple[str, str, int]], version: int) -> list[str]:
+    """``ipset`` members (``address,proto:port``) of every (node address, protocol, host port)
+    of ``version``, sorted; entries that are not an address, a protocol or a port are left out."""
+    _check_version(version)
+    found = set()
+    for address, protocol, port in entries:
+        parsed = _parse(address) if isinstance(address, str) else None
+        if (parsed is None or parsed[0] != version or protocol not in PUBLISHED_PROTOCOLS
+                or isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536):
+            continue
+        found.add((parsed[2], protocol, port, parsed[1]))
+    return [f"{text},{protocol}:{port}" for _, protocol, port, text in sorted(found)]
+
+
+def published_text(entries: Iterable[tuple[str, str, int]], version: int) -> str:
+    """``ipset restore`` text that (re)fills the published-ports set of ``version`` atomically."""
+    name = names.PUBLISHED_SET[version]
+    tmp = name + "-tmp"
+    create = f"hash:ip,port family {FAMILIES[version]} -exist"
+    return "\n".join([f"create {name} {create}", f"create {tmp} {create}", f"flush {tmp}",
+                      *(f"add {tmp} {m}" for m in published_members(entries, version)),
+                      f"swap {tmp} {name}", f"destroy {tmp}"]) + "\n"
+
+
 def build(endpoints: Iterable[LocalEndpoint], profiles: Mapping[str, Profile],
           members: Mapping[str, Iterable[str]], version: int, host_policy: str = "drop",
           existing_chains: Iterable[str] = (), docker_bridges: Iterable[str] = (),
           pools: Iterable[str] = (), control: Iterable[str] = (),
-          resolvers: Iterable[str] = ()) -> Ruleset:
+          resolvers: Iterable[str] = (), published: Iterable[tuple[str, str, int]] = ()) -> Ruleset:
     """Everything one IP version needs, consistent: every set the rules name exists.
-    Apply ``pools``, ``control`` and ``ipsets`` before ``filter``."""
+    Apply ``pools``, ``control``, ``published`` and ``ipsets`` before ``filter``."""
     eps = list(endpoints)
     wanted = chain_rules(eps, profiles, version, host_policy, docker_bridges=docker_bridges,
                          resolvers=resolvers)
@@ -683,4 +717,4 @@ def build(endpoints: Iterable[LocalEndpoint], profiles: Mapping[str, Profile],
     return Ruleset(version, restore_text(wanted, None, existing_chains) or "",
                    ipset_rules(tags, members, version), frozenset(wanted),
                    frozenset(names.tag_set(t, version) for t in tags), pools_text(pools, version),
-                   control_text(control, version))
+                   control_text(control, version), published_text(published, version))

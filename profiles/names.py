@@ -13,7 +13,9 @@ Every pool of a family is in ``warren-pools-v4`` / ``warren-pools-v6``
 (``hash:net``; what ``--internal`` endpoints are confined to). The control
 plane (etcd members, every node's underlay addresses, this host's own
 addresses: off limits to workloads, see :mod:`profiles.controlplane`) is
-``warren-control-v4`` / ``warren-control-v6`` (``hash:ip``).
+``warren-control-v4`` / ``warren-control-v6`` (``hash:ip``); the ports the
+nodes publish for workloads (``docker run -p``), which workloads may reach
+there like anyone, are ``warren-published-v4`` / ``-v6`` (``hash:ip,port``).
 
 A profile's outbound allow rules that name a destination CIDR are also
 compiled into ``WARREN-PH-<profile>`` (the "opening" rules that let a
@@ -41,6 +43,7 @@ TAG_SET = {4: "warren-v4-", 6: "warren-v6-"}
 TMP_SET = {4: "warren-v4-tmp", 6: "warren-v6-tmp"}  # swap partner while a set is refilled
 POOLS_SET = {4: "warren-pools-v4", 6: "warren-pools-v6"}  # every pool (hash:net): --internal's bounds
 CONTROL_SET = {4: "warren-control-v4", 6: "warren-control-v6"}  # the control plane (hash:ip)
+PUBLISHED_SET = {4: "warren-published-v4", 6: "warren-published-v6"}  # nodes' published ports (hash:ip,port)
 PROFILE_OPEN = "WARREN-PH-"  # a profile's opening rules (outbound allows naming a CIDR)
 
 FROM_BRANCH = "WARREN-FD-"   # a branch of the from-workload dispatch tree

@@ -132,3 +132,20 @@ def test_the_profile_made_for_a_network_goes_with_the_network(lab):
     dk(lab, "host1", "network", "create", "-d", "warren", "--ipam-driver", "warren", "--subnet", POOL, "fsgc")
     wait_for(lambda: "fsgc" in ctl(lab, "host1", "profile", "show").stdout, 30, step=0.5,
              what="the profile made again")
+
+
+def test_a_port_another_host_publishes_is_reachable_there(lab):
+    """``docker run -p`` publishes to everyone, workloads on other hosts included (as Docker's
+    bridge does), although that host's underlay address is control plane: only the published
+    port opens, and it closes with its container."""
+    networks(lab, "fsnet")
+    run(lab, "host2", "web", "fsnet", "-p", "8088:80",
+        command=("sh", "-c", "while true; do echo hi | nc -l -p 80; done"))
+    run(lab, "host1", "att", "fsnet")
+    host2 = underlay(lab, "host2")
+    wait_for(lambda: connect(lab, "host1", "att", host2, 8088) == "open", 30, step=0.5,
+             what="host2's published port from a workload on host1")
+    assert connect(lab, "host1", "att", host2, 9091) == "dropped"     # the rest of host2 stays closed
+    dk(lab, "host2", "rm", "-f", "web")
+    wait_for(lambda: connect(lab, "host1", "att", host2, 8088) == "dropped", 30, step=0.5,
+             what="the port closed with its container")

@@ -42,6 +42,7 @@ MEMBERS = {"web": {"10.0.0.1", "fd00::1", "10.1.1.1"}, "db": {"10.0.0.2"}}
 def apply(ns: str, rs: g.Ruleset) -> None:
     """In the agent's order: sets first (rules reference them), then the chains."""
     _restore(ns, ["ipset", "restore"], rs.control)
+    _restore(ns, ["ipset", "restore"], rs.published)
     _restore(ns, ["ipset", "restore"], rs.ipsets)
     _restore(ns, [f"{TOOLS[rs.version]}-restore", "--noflush"], rs.filter)
 

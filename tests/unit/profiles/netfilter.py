@@ -3,7 +3,8 @@
 It understands exactly the matches and targets profiles.generator emits
 (and raises on anything else, so it cannot silently ignore a match):
 ``-i/-o`` (with ``+``), ``-s/-d``, ``-p``, ``!``, conntrack ``--ctstate``,
-set ``--match-set`` (``hash:ip`` and ``hash:net`` members), addrtype ``--dst-type LOCAL``
+set ``--match-set`` (``hash:ip`` and ``hash:net`` members; ``hash:ip,port``
+members ``address,proto:port`` matched with ``dst,dst``), addrtype ``--dst-type LOCAL``
 (true exactly for INPUT packets: those with no output interface), multiport ``--sports/--dports``, icmp/icmp6 types,
 ``--mark``, comments; targets ACCEPT, DROP, RETURN, MARK ``--set-xmark``,
 ``-j CHAIN`` (call) and ``-g CHAIN`` (goto: no return frame). ipset restore
@@ -48,8 +49,14 @@ def ipsets(text: str, sets: dict[str, set[str]] | None = None) -> dict[str, set[
             sets[name].clear()
         elif cmd == "add":
             member = words[2]
-            sets[name].add(str(ipaddress.ip_network(member)) if "/" in member
-                           else str(ipaddress.ip_address(member)))
+            if "," in member:  # hash:ip,port
+                address, _, port = member.partition(",")
+                proto, _, number = port.partition(":")
+                assert proto in ("tcp", "udp", "sctp") and 0 < int(number) < 65536, member
+                sets[name].add(f"{ipaddress.ip_address(address)},{proto}:{int(number)}")
+            else:
+                sets[name].add(str(ipaddress.ip_network(member)) if "/" in member
+                               else str(ipaddress.ip_address(member)))
         elif cmd == "swap":
             other = words[2]
             sets[name], sets[other] = sets[other], sets[name]
@@ -181,6 +188,9 @@ class Netfilter:
             hit = not p.iout
         elif m.kind == "set":
             name, direction = m.args
+            if direction == "dst,dst":  # hash:ip,port: destination address and port
+                hit = f"{ipaddress.ip_address(p.dst)},{p.proto}:{p.dport}" in self.sets[name]
+                return hit != m.negated
             addr = ipaddress.ip_address(p.src if direction == "src" else p.dst)
             hit = any(addr in ipaddress.ip_network(member) if "/" in member else str(addr) == member
                       for member in self.sets[name])

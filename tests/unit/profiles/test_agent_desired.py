@@ -4,6 +4,7 @@ from __future__ import annotations
 from datastore import codec, keys
 from ipam.workloads import Endpoint, Network
 from profiles import Profile
+from profiles import generator as g
 from profiles import names
 from profiles.agent import Snapshot, desired, local_endpoints, profiles_to_create
 
@@ -85,7 +86,6 @@ def test_internal_networks_confine_their_endpoints_and_pools_are_read():
 
 
 def test_docker_bridges_reach_the_boundary_chain():
-    from profiles import generator as g
 
     snap = snapshot(Endpoint("a" * 64, NET.id, "h1", ["10.0.0.1"]))
     chains, _ = desired(snap, "h1", 4, docker_bridges=["br-0123456789ab"])
@@ -108,11 +108,59 @@ def test_snapshot_update_reports_only_changes_a_rule_can_read():
     assert snap.update(keys.ENDPOINTS, key, codec.dumps(ep)) is True            # new endpoint
     joined = _replace(ep, sandbox="/var/run/docker/netns/x", gateway_slot=2, mac="02:00:00:00:00:01")
     assert snap.update(keys.ENDPOINTS, key, codec.dumps(joined)) is False       # Join: no rule reads these
+    programmed = _replace(joined, published=True)
+    assert snap.update(keys.ENDPOINTS, key, codec.dumps(programmed)) is False   # Program without -p
+    assert snap.endpoints[key] == programmed                                    # ... but the copy is current
     published = _replace(joined, ports=[{"proto": "tcp", "host_port": 80, "container_port": 80}], published=True)
-    assert snap.update(keys.ENDPOINTS, key, codec.dumps(published)) is False    # -p: DNAT, not policy
-    assert snap.endpoints[key] == published                                     # ... but the copy is current
+    assert snap.update(keys.ENDPOINTS, key, codec.dumps(published)) is True     # -p: the published-ports set
     assert snap.update(keys.ENDPOINTS, key, codec.dumps(_replace(published, profiles=["web"]))) is True
     assert snap.update(keys.ENDPOINTS, key, codec.dumps(_replace(published, ipv6=["fd00::5"]))) is True
     assert snap.update(keys.ENDPOINTS, key, None) is True                        # delete
     assert snap.update(keys.ENDPOINTS, key, None) is False                       # delete of nothing
     assert snap.update(keys.ENDPOINTS, key, b"not json") is False                # bad record, nothing before
+
+
+# -- ports the nodes publish: open to workloads at the node's control-plane address -------------
+
+def test_published_ports_are_each_nodes_address_protocol_and_port():
+    from ipam.nodes import Node
+    from profiles.agent import published_ports
+
+    web = Endpoint("a" * 64, NET.id, "h2", ["10.0.0.2"], published=True, ports=[
+        {"proto": "tcp", "host_port": 8080, "container_port": 80, "host_ip": "0.0.0.0"},
+        {"proto": "udp", "host_port": 5353, "container_port": 53, "host_ip": "::"},
+        {"proto": "tcp", "host_port": 9000, "container_port": 90, "host_ip": "127.0.0.1"},   # loopback only
+        {"proto": "tcp", "host_port": 7000, "container_port": 70, "host_ip": "198.19.0.3"},  # h2's address
+        {"proto": "tcp", "host_port": 7001, "container_port": 71, "host_ip": "203.0.113.9"},  # another one
+        {"proto": "sctp", "host_port": 6000, "container_port": 60},                          # older record
+    ])
+    unpublished = Endpoint("b" * 64, NET.id, "h2", ["10.0.0.3"], published=False,
+                           ports=[{"proto": "tcp", "host_port": 1, "container_port": 1}])
+    nowhere = Endpoint("c" * 64, NET.id, "h9", ["10.0.0.4"], published=True,
+                       ports=[{"proto": "tcp", "host_port": 2, "container_port": 2}])
+    snap = snapshot(web, unpublished, nowhere)
+    snap.nodes["h2"] = Node("h2", ipv4="198.19.0.3", ipv6="fd00:19::3")
+    assert sorted(published_ports(snap)) == sorted([
+        ("198.19.0.3", "tcp", 8080), ("fd00:19::3", "udp", 5353), ("198.19.0.3", "tcp", 7000),
+        ("198.19.0.3", "sctp", 6000), ("fd00:19::3", "sctp", 6000)])
+    assert g.published_members(published_ports(snap), 4) == [
+        "198.19.0.3,sctp:6000", "198.19.0.3,tcp:7000", "198.19.0.3,tcp:8080"]
+    assert g.published_members(published_ports(snap), 6) == ["fd00:19::3,sctp:6000", "fd00:19::3,udp:5353"]
+
+
+def test_published_members_leave_out_what_is_not_an_address_protocol_or_port():
+    entries = [("198.19.0.3", "tcp", 80), ("nope", "tcp", 80), ("198.19.0.3", "icmp", 80),
+               ("198.19.0.3", "tcp", 0), ("198.19.0.3", "tcp", 70000), ("198.19.0.3", "tcp", True),
+               ("198.19.0.3", "tcp", "80"), (None, "tcp", 80), ("fd00::1", "tcp", 80)]
+    assert g.published_members(entries, 4) == ["198.19.0.3,tcp:80"]
+    text = g.published_text(entries, 4)
+    assert "create warren-published-v4 hash:ip,port family inet -exist" in text
+    assert "add warren-published-v4-tmp 198.19.0.3,tcp:80" in text
+    assert text.rstrip().endswith("destroy warren-published-v4-tmp")
+
+
+def test_failsafe_returns_for_published_ports_before_the_drop():
+    lines = g.failsafe_lines(4)
+    published = [i for i, line in enumerate(lines) if "warren-published-v4 dst,dst" in line]
+    assert published and lines[published[0]].endswith("-j RETURN")
+    assert published[0] < len(lines) - 1 and lines[-1].endswith("-j DROP")

@@ -37,7 +37,7 @@ def netfilter(version=4, host_policy="drop", bridges=(BRIDGE,), **kw) -> Netfilt
                             profiles(**kw))
     rs = g.build([A, B, I], profiles(**kw), members, version, host_policy, docker_bridges=bridges,
                  pools=POOLS)
-    return Netfilter(rs.filter, ipsets(rs.pools + rs.control + rs.ipsets))
+    return Netfilter(rs.filter, ipsets(rs.pools + rs.control + rs.published + rs.ipsets))
 
 
 def forward(nf: Netfilter, src, dst, iin="eth0", iout="eth0", **kw) -> str:
@@ -74,7 +74,7 @@ def test_the_senders_outbound_policy_still_applies_to_a_published_bridge_port():
                                                                       parse_rule(["allow"])])
     members = g.tag_members([(["10.9.0.1"], ["web"])], {"web": deny})
     rs = g.build([A], {"web": deny}, members, 4, docker_bridges=[BRIDGE], pools=POOLS)
-    nf = Netfilter(rs.filter, ipsets(rs.pools + rs.control + rs.ipsets))
+    nf = Netfilter(rs.filter, ipsets(rs.pools + rs.control + rs.published + rs.ipsets))
     assert forward(nf, "10.9.0.1", "172.18.0.2", iin=A.iface, iout=BRIDGE, ctstate="NEW,DNAT") == "DROP"
     assert forward(nf, "10.9.0.1", "172.18.0.2", iin=A.iface, iout=BRIDGE, ctstate="NEW,DNAT",
                    dport=81) == "ACCEPT"

@@ -32,7 +32,7 @@ def netfilter(profiles, version=4, host_policy="drop", endpoints=(A,), control=C
               resolvers=()) -> Netfilter:
     rs = g.build(list(endpoints), profiles, {}, version, host_policy, control=control,
                  resolvers=resolvers)
-    return Netfilter(rs.filter, ipsets(rs.control + rs.ipsets))
+    return Netfilter(rs.filter, ipsets(rs.control + rs.published + rs.ipsets))
 
 
 def out(nf: Netfilter, dst: str, src: str = "10.0.0.1", **kw) -> str:

@@ -70,6 +70,8 @@ def test_default_profile_for_one_endpoint_v4():
     assert chain(text, g.ALLOW) == ["-j MARK --set-xmark 0x1000000/0x1000000"]
     assert chain(text, g.FAILSAFE) == [
         "-m mark --mark 0x4000000/0x4000000 -j RETURN",
+        '-m set --match-set warren-published-v4 dst,dst -m comment --comment "warren: a port a node publishes"'
+        ' -j RETURN',
         '-m comment --comment "warren: control plane, no rule names it" -j DROP']
 
 
@@ -173,7 +175,8 @@ def test_build_is_consistent():
     ep = g.LocalEndpoint("d", "wrnddddddddddd", ["10.0.0.9"], [], ["db", "web"])
     rs = g.build([ep], {"db": db, "web": WEB}, {"web": ["10.0.0.5", "fd00::5"], "db": ["10.0.0.9"]}, 4)
     referenced = {w for line in rs.filter.splitlines() for w in line.split() if w.startswith("warren-")}
-    assert referenced == rs.sets | {names.CONTROL_SET[4]}
+    assert referenced == rs.sets | {names.CONTROL_SET[4], names.PUBLISHED_SET[4]}
+    assert "create warren-published-v4 hash:ip,port family inet" in rs.published
     assert rs.sets == {SET4, names.tag_set("other", 4)}
     assert "create warren-control-v4 hash:ip family inet" in rs.control
     created = {line.split()[1] for line in rs.ipsets.splitlines() if line.startswith("create ")}

@@ -40,7 +40,7 @@ def members(endpoints, profiles, remote=()) -> dict[str, set[str]]:
 
 def netfilter(endpoints, profiles, version=4, host_policy="drop", remote=()) -> Netfilter:
     rs = g.build(endpoints, profiles, members(endpoints, profiles, remote), version, host_policy)
-    return Netfilter(rs.filter, ipsets(rs.control + rs.ipsets))
+    return Netfilter(rs.filter, ipsets(rs.control + rs.published + rs.ipsets))
 
 
 def forward(nf: Netfilter, src: str, dst: str, iin: str = "eth0", iout: str = "eth0", **kw) -> str:
@@ -246,7 +246,7 @@ def test_membership_changes_touch_only_the_sets():
     one = g.build([A, B], profiles, {"web": {"10.0.0.1"}}, 4)
     two = g.build([A, B], profiles, {"web": {"10.0.0.1", "10.0.0.2", "10.7.7.7"}}, 4)
     assert one.filter == two.filter and one.ipsets != two.ipsets
-    sets = ipsets(one.control + one.ipsets)
+    sets = ipsets(one.control + one.published + one.ipsets)
     sets = ipsets(two.ipsets, sets)  # a refill over existing sets
     nf = Netfilter(two.filter, sets)
     assert forward(nf, "10.7.7.7", "10.0.0.1", iout=A.iface) == "ACCEPT"
