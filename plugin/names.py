@@ -185,7 +185,7 @@ class NameResolver:
             kv = self.store.get(keys.network(network_id))
             if kv is None:
                 return name  # deleted meanwhile
-            record = replace(codec.loads(Network, kv.value), name=name)
+            record = replace(codec.loads(Network, kv.value, kv.key), name=name)
             if self.store.txn([ModRevisionIs(kv.key, kv.mod_revision)],
                               [Put(kv.key, codec.dumps(record))]).succeeded:
                 log.info("network %s is named %s", network_id[:12], name)
