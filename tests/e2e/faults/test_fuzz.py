@@ -23,8 +23,9 @@ at once. With the records in place:
   is still there (the plugin's janitor may remove some, e.g. sandbox slots
   of no container).
 
-The records are deleted after each case; at the end ``records check`` is
-clean again. Invalid records are never valid-looking peers or nodes at real
+The records are deleted after each case. With all of them in place, a node
+is stopped and started again and serves as before. At the end ``records
+check`` is clean again. Invalid records are never valid-looking peers or nodes at real
 addresses: the only addresses in them are unused ones of the lab's own
 underlay subnet (no packet leaves the lab).
 """
@@ -346,6 +347,18 @@ def test_bad_records_never_stop_a_node_and_are_reported(lab, world, name):
         assert not missing, f"not reported: {sorted(missing)}"
     finally:
         write(lab, before)   # every key as it was (IPAM and BGP config: restored, others: gone)
+
+
+def test_a_node_starts_among_bad_records(lab, world):
+    """``node stop`` and ``node start`` with every bad record in place (a bad endpoint once failed it)."""
+    records = world["cases"](free_blocks(lab))["all-at-once"]
+    before = write(lab, records)
+    try:
+        lab.restart_node("host2")
+        check_serving(lab, world, "restart")
+        check_cli(lab)
+    finally:
+        write(lab, before)
 
 
 def test_the_store_is_clean_again(lab, world):
