@@ -16,7 +16,8 @@ anything, and one bad record must never stop a node):
   ``bool``, ``float``, ``list[...]``, ``dict[str, ...]``, ``X | None``), a
   required field is missing, or the class's own ``validate()`` (semantic
   checks: addresses, CIDRs, ranges; :mod:`datastore.fields` has the usual
-  ones) raises ``ValueError``/``TypeError``, or, given the key it was read
+  ones) raises (``ValueError`` with a one-line reason; any other exception a
+  check trips on also marks the record invalid, never the reader), or, given the key it was read
   from, the class's ``check_key(key)`` refuses it (a record must sit under
   the key its own fields name: ``endpoints/h1/E`` holds endpoint E of h1).
   Unknown fields are ignored, so older code reads records newer code wrote.
