@@ -47,10 +47,13 @@ class Churn:
         self.names: list[str] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._in_flight: tuple[str, float] | None = None   # (verb, start) of the call running now
         self._thread = threading.Thread(target=self._loop, name=f"churn-{tag}", daemon=True)
 
     def _do(self, verb: str, name: str, *args: str) -> bool:
         t0 = time.monotonic()
+        with self._lock:
+            self._in_flight = (verb, t0)
         try:
             res = docker(self.lab, self.host, *args, timeout=180, check=False)
             ok, err = res.returncode == 0, one_line(res.stderr)
@@ -58,6 +61,7 @@ class Churn:
             ok, err = False, f"timed out: {exc}"
         with self._lock:
             self.ops.append(Op(verb, name, t0, time.monotonic(), ok, err[-300:]))
+            self._in_flight = None
         return ok
 
     def _loop(self) -> None:
@@ -108,6 +112,17 @@ class Churn:
             if time.monotonic() > deadline or not self._thread.is_alive():
                 raise HarnessError(f"churn: {self.runs_ok()} of {n} runs succeeded; last: {self.failures()[-3:]}")
             time.sleep(0.1)
+
+    def wait_in_flight(self, verb: str, into: float, timeout: float = 60.0) -> None:
+        """Until a ``verb`` call has been running for ``into`` s (a fault then hits it mid-way,
+        if it takes that long); returns at once when the churn has stopped."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self._thread.is_alive():
+            with self._lock:
+                current = self._in_flight
+            if current and current[0] == verb and time.monotonic() - current[1] >= into:
+                return
+            time.sleep(0.01)
 
     def failures(self) -> list[Op]:
         with self._lock:

@@ -16,7 +16,9 @@ within 1 s is lost.
 **One fault run** (:func:`run_fault`): while a :class:`Churn` loop runs and
 removes containers on ``host1`` (``docker run -d`` / ``docker rm -f``, a few
 alive at a time, until ``containers`` runs have succeeded), one fault from
-:data:`FAULTS` is injected on ``host1``:
+:data:`FAULTS` is injected on ``host1`` - once a third of the runs succeeded,
+``IN_RUN`` s into the next ``docker run`` (meant to hit dockerd's calls to the
+plugin for that container; their exact moment is not observed):
 
 * ``plugin``, ``supervisor``, ``agent``, ``exabgp``, ``bgp-api``: ``kill -9`` of
   that node process. Pids come from the node's pid files in the host's run dir
@@ -80,6 +82,7 @@ __all__ = ["FAULTS", "Fabric", "FaultKind", "FaultResult", "HarnessError", "desc
 
 AUTO_RECOVERY = 45.0      # s a killed process may take to come back by itself (a bound, not a goal)
 ETCD_DOWN = 30.0          # etcd stays stopped this long
+IN_RUN = 0.3              # s into a docker run when a process fault hits (meant: during its plugin calls)
 
 
 # -- the fabric ------------------------------------------------------------------------------------
@@ -272,7 +275,7 @@ def run_fault(fabric: Fabric, fault: str, containers: int, settle: float, keep: 
             else:
                 churn.start()
                 churn.wait_runs(max(1, containers // 3))
-                time.sleep(0.1)  # into the next run's requests
+                churn.wait_in_flight("run", IN_RUN)   # a docker run in flight, as in the issue's case
                 t_fault = time.monotonic()
                 if fault in PROCESSES:
                     old = kill9(lab, VICTIM, fault)
