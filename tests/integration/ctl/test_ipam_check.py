@@ -2,13 +2,10 @@
 unix socket of the test's own), as a subprocess against a real etcd."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler
 
 import pytest
 
@@ -17,7 +14,7 @@ from ipam import Allocator, PoolStore, make_pool
 from ipam.inventory import address_info
 from ipam.workloads import Endpoint, Network
 from tests.integration.profiles.test_cli import ROOT, error, ok, rows
-from tests.support.unixhttp import UnixHTTPServer
+from tests.support.unixhttp import json_server
 
 HOST = "h1"
 NET, OTHER_NET = "n" * 64, "o" * 64
@@ -55,34 +52,12 @@ class Dockerd:
 CONTAINER_KEY = RUNNING
 
 
-class _Handler(BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802 - http.server's name
-        status, body = self.server.dockerd.answer(self.path)
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def dockerd(tmp_path):
-    path = str(tmp_path / "docker.sock")
-    server = UnixHTTPServer(path, _Handler)
-    server.dockerd = Dockerd()
-    server.path = path
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    fake = Dockerd()
+    with json_server(str(tmp_path / "docker.sock"), fake.answer) as server:
+        server.dockerd = fake
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
 
 
 @pytest.fixture

@@ -1,8 +1,5 @@
 """The background name lookup, and the dockerd API client, with stand-ins for dockerd."""
-import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler
 
 import pytest
 
@@ -11,7 +8,7 @@ from plugin.containers import docker_lookup
 from plugin.errors import PluginError
 from plugin.names import DockerError, DockerNotFound, NameResolver, docker_get, docker_pid, network_name
 from plugin.records import Network
-from tests.support.unixhttp import UnixHTTPServer
+from tests.support.unixhttp import json_server
 
 NET = "a" * 64
 
@@ -60,35 +57,15 @@ ANSWERS = {
 }
 
 
-class _Handler(BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802 - http.server's name
-        self.server.paths.append(self.path)
-        status, body = ANSWERS.get(self.path, (404, {"message": f"No such object: {self.path}"}))
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+def _answer(path):
+    return ANSWERS.get(path, (404, {"message": f"No such object: {path}"}))
 
 
 @pytest.fixture
 def fake_dockerd(tmp_path, monkeypatch):
-    path = str(tmp_path / "docker.sock")
-    server = UnixHTTPServer(path, _Handler)
-    server.paths = []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    monkeypatch.setenv("DOCKER_HOST", f"unix://{path}")
-    try:
+    with json_server(str(tmp_path / "docker.sock"), _answer) as server:
+        monkeypatch.setenv("DOCKER_HOST", f"unix://{server.path}")
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
 
 
 def test_network_name_from_dockerd(fake_dockerd):
