@@ -241,9 +241,7 @@ def load_status(store: Datastore, node: str) -> list[SessionStatus]:
 
 
 def speaker_key(node: str) -> str:
-    # TODO(keys owner): move to datastore.keys as node_speaker(); the layout comment there
-    # should list /warren/v1/status/<node>/speaker  bgp.settings.SpeakerState
-    return keys.STATUS + keys.segment(node, "node name") + "/speaker"
+    return keys.node_speaker(node)
 
 
 def save_speaker_state(store: Datastore, node: str, state: SpeakerState) -> None:

@@ -136,6 +136,8 @@ def _kinds() -> list[Kind]:
              matches=lambda rest: rest.count("/") == 2 and rest.split("/")[1] == "peers"),
         Kind("SessionStatus", keys.STATUS, _sessions, matches=lambda rest: rest.endswith("/bgp")),
         Kind("Liveness", keys.STATUS, _record(Liveness), matches=lambda rest: rest.endswith("/alive")),
+        Kind("SpeakerState", keys.STATUS, _record(settings.SpeakerState),
+             matches=lambda rest: rest.endswith("/speaker")),
         Kind("Profile", keys.PROFILES, _record(Profile, _last_segment_is("name"))),
     ]
 

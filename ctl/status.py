@@ -23,6 +23,7 @@ from datastore import codec, keys
 from ipam import Block
 from ipam.nodes import alive
 
+from . import records
 from .output import as_json, table
 
 
@@ -119,14 +120,17 @@ def cluster_status(args, ctx) -> int:
         rows.append({"node": node.name, "ipv4": node.ipv4, "blocks": blocks.get(node.name, 0),
                      "endpoints": endpoints.get(node.name, 0), "speaker": speaker,
                      "sessions_up": states.get("up", 0), "sessions_down": states.get("down", 0)})
+    invalid = records.count(ctx.store)
     if args.json:
-        as_json({"nodes": rows})
+        as_json({"nodes": rows, "invalid_records": invalid})
         return 0
     table(["Node", "IPv4", "Blocks", "Endpoints", "Speaker", "BGP up", "BGP down"],
           [(r["node"], r["ipv4"] or "-", r["blocks"], r["endpoints"], r["speaker"], r["sessions_up"],
             r["sessions_down"]) for r in rows])
     print(f"{len(rows)} nodes, {sum(r['blocks'] for r in rows)} blocks, "
           f"{sum(r['endpoints'] for r in rows)} endpoints")
+    if invalid:
+        print(f"{invalid} invalid records in etcd, skipped by every reader (warrenctl records check)")
     return 0
 
 

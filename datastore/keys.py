@@ -20,6 +20,7 @@ Layout::
     /warren/v1/bgp/nodes/<node>/peers/<ip>     bgp.settings.PeerRecord: a peer of one node only
     /warren/v1/status/<node>/bgp               bgp.settings.SessionStatus list, written by the node
     /warren/v1/status/<node>/alive             ipam.nodes.Liveness, on a lease the running node keeps alive
+    /warren/v1/status/<node>/speaker           bgp.settings.SpeakerState, written by the node's speaker
     /warren/v1/profiles/<name>                 profiles.model.Profile (tags, inbound and outbound rules)
 
 Later layers add networks, endpoints, nodes, BGP settings and profiles here,
@@ -158,6 +159,10 @@ def bgp_status(node: str) -> str:
 
 def node_alive(node: str) -> str:
     return STATUS + segment(node, "node name") + "/alive"
+
+
+def node_speaker(node: str) -> str:
+    return STATUS + segment(node, "node name") + "/speaker"
 
 
 def profile(name: str) -> str:

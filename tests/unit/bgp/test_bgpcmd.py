@@ -81,3 +81,14 @@ def test_node_status_shows_the_speaker_and_what_was_left_out(cli, store):
     assert "ExaBGP NOT running" in shown["speaker"]["summary"]
     code, out, _ = cli("status")
     assert code == 0 and "restarting, config refused" not in out and "restarting" in out
+
+
+def test_cluster_status_counts_invalid_records(cli, store):
+    code, out, _ = cli("status", "--json")
+    assert code == 0 and json.loads(out)["invalid_records"] == 0
+    store.put(keys.node("n3"), b"{}")                                   # a node record with no name
+    store.put(keys.node_speaker("n1"), b'{"state": 5}')                  # a speaker state of the wrong type
+    code, out, _ = cli("status")
+    assert code == 0 and "2 invalid records in etcd" in out and "warrenctl records check" in out
+    code, out, _ = cli("status", "--json")
+    assert json.loads(out)["invalid_records"] == 2
