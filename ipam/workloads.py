@@ -66,6 +66,7 @@ class Network:
     profile_created: bool = False    # the policy agent made its default profile once
     internal: bool = False           # --internal: no path outside the pools, no nat-outgoing, no -p
     aux_addresses: list[str] = field(default_factory=list)  # --aux-address: held for the user, no endpoint
+    host: str | None = None          # the node whose dockerd made it (a network is local to a dockerd)
 
     @property
     def default_profile(self) -> str | None:
@@ -85,6 +86,8 @@ class Network:
         if self.name is not None:
             fields.name(self.name, "network name")  # the default profile's name
         fields.addresses(self.aux_addresses, "aux address")
+        if self.host is not None:
+            fields.name(self.host, "host name")
 
     def check_key(self, key: str) -> None:
         fields.key_is(key, keys.network(self.id), f"network {self.id}")

@@ -56,7 +56,8 @@ container is never freed. Also swept, on this host only:
   no endpoint record names, seen so for the grace period (a network record
   has no timestamp): ``docker network rm`` while etcd was down. A network is
   local to each dockerd, so only the host that made a record can tell it is
-  gone; records that do not say which host made them are never removed.
+  gone (CreateNetwork writes ``Network.host``); records that do not say which
+  host made them (written by older versions) are never removed.
 
 Never on missing information: when dockerd does not answer or etcd fails,
 the round does nothing (logged) and the next one tries again.
@@ -405,7 +406,7 @@ class Janitor:
             log.info("janitor: cannot ask dockerd (%s); skipping this round", exc)
             return None
         slots = {k: kv.value.decode(errors="replace") for k, kv in slot_kvs.items()}
-        made_by = {n.id: getattr(n, "host", None) for n in networks}
+        made_by = {n.id: n.host for n in networks}
         todo = plan(self.host, endpoints, view, held, aux, self._clock(), self.grace,
                     interfaces, slots, made_by)
         report = Report(waiting=len(todo.waiting))

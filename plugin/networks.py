@@ -187,7 +187,8 @@ class NetworkDriver:
         if not pools[4] and not pools[6]:
             raise PluginError("a warren network needs an IPv4 or an IPv6 subnet")
         network = Network(id=network_id, pools_v4=pools[4], pools_v6=pools[6], mtu=parsed.mtu,
-                          profile=parsed.profile, internal=parsed.internal, aux_addresses=aux)
+                          profile=parsed.profile, internal=parsed.internal, aux_addresses=aux,
+                          host=self.host)
         self.store.put(keys.network(network_id), codec.dumps(network))
         self._networks[network_id] = network
         if self.names is not None:

@@ -259,25 +259,19 @@ def test_a_new_dockerd_pid_triggers_a_round(store, world, monkeypatch):
     assert len(rounds) == 2
 
 
-def test_a_network_record_this_host_made_goes_once_dockerd_has_it_no_more(store, world, monkeypatch):
-    """Network records do not say which host made them yet; with such a field (a subclass
-    here) the janitor removes this host's records of networks dockerd no longer has."""
-    from dataclasses import dataclass
-
+def test_a_network_record_this_host_made_goes_once_dockerd_has_it_no_more(store, world):
+    """Network records say which host's dockerd made them (CreateNetwork through the API
+    sets it); the janitor removes this host's records of networks dockerd no longer has."""
     from ipam.workloads import Network
 
-    @dataclass
-    class HostedNetwork(Network):
-        host: str | None = None
-
     client, dataplane, docker, jan, driver = world
-    monkeypatch.setattr(janitor_mod, "Network", HostedNetwork)
-    mine, theirs = "m" * 64, "t" * 64
-    for network_id, host in ((mine, HOST), (theirs, "h2")):
-        store.put(keys.network(network_id), codec.dumps(HostedNetwork(network_id, ["10.20.10.0/24"],
-                                                                      host=host)))
+    assert codec.loads(Network, store.get(keys.network(NET)).value).host == HOST  # made by the API
+    mine, theirs, unknown = "m" * 64, "t" * 64, "u" * 64
+    for network_id, host in ((mine, HOST), (theirs, "h2"), (unknown, None)):
+        store.put(keys.network(network_id), codec.dumps(Network(network_id, ["10.20.10.0/24"], host=host)))
     assert jan.run_once().networks == []          # gone for less than the grace period
     jan.grace = 0
     assert jan.run_once().networks == [mine]
     assert store.get(keys.network(mine)) is None
+    assert store.get(keys.network(unknown)) is not None  # who made it is unknown: never removed
     assert store.get(keys.network(theirs)) is not None and store.get(keys.network(NET)) is not None
