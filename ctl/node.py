@@ -196,9 +196,9 @@ def _env(name: str, args, ctx, iface: str | None) -> dict[str, str]:
 def node_start(args, ctx) -> int:
     name = args.name or ctx.host
     paths = _paths(name)
-    warn_plaintext_etcd(ctx.store.config)
     ipv4, iface = _underlay(args.ip)
     check_free(ctx.store, Node(name=name, ipv4=ipv4))  # before anything: the name may be another's
+    warn_plaintext_etcd(ctx.store.config)  # once the input is good: a refusal stays one line
     supervisor = _running_pid(paths["supervisor_pid"], SUPERVISOR_MARKS)
     plugin, agent = _running_pid(paths["pid"], PLUGIN_MARK), _running_pid(paths["agent_pid"], AGENT_MARK)
     if supervisor:
