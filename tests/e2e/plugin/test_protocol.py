@@ -121,7 +121,8 @@ def test_ipv6_only_network_needs_no_gwbridge(lab):
     assert "docker_gwbridge" not in dk(lab, "host1", "network", "ls").stdout
     routes6 = dk(lab, "host1", "exec", "c45a", "ip", "-6", "route").stdout
     assert "default via fe80::ecee:eeff:feee:eeee dev eth0" in routes6
-    assert pings(lab, "host1", "c45a", b6, v6=True)
+    # the route to host2's new block and the network's profile arrive in the background
+    wait_for(lambda: pings(lab, "host1", "c45a", b6, v6=True), timeout=20, step=0.5, what="ping6 to host2")
 
 
 def test_internal_network(lab):
