@@ -72,8 +72,11 @@ def pings(lab, host, container, target, v6=False, count=1) -> bool:
     return dk(lab, host, *argv, check=False).returncode == 0
 
 
-def used_addresses(lab) -> int:
-    return sum(b["used"] for b in json.loads(ctl(lab, "host1", "ipam", "show", "--json").stdout))
+def used_addresses(lab, pool: str | None = None) -> int:
+    """Addresses in use in every block (or only in ``pool``'s: a test counting its own network's
+    addresses is not disturbed by the janitor cleaning up after earlier tests)."""
+    blocks = json.loads(ctl(lab, "host1", "ipam", "show", "--json").stdout)
+    return sum(b["used"] for b in blocks if pool is None or b["pool"] == pool)
 
 
 def count_keys(lab, prefix: str) -> int:

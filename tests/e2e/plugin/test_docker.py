@@ -105,16 +105,16 @@ def test_second_network_with_docker_network_connect(lab):
 
 def test_stop_start_rm_release_and_reacquire(lab):
     dk(lab, "host1", "network", "create", "-d", "warren", "--ipam-driver", "warren", "--subnet", "10.20.19.0/24", "net19")
-    before = used_addresses(lab)
+    before = used_addresses(lab, "10.20.19.0/24")
     run(lab, "host1", "ca", "net19")
-    assert used_addresses(lab) == before + 1
+    assert used_addresses(lab, "10.20.19.0/24") == before + 1
     dk(lab, "host1", "stop", "-t", "1", "ca")
-    assert used_addresses(lab) == before
+    assert used_addresses(lab, "10.20.19.0/24") == before
     dk(lab, "host1", "start", "ca")
-    assert used_addresses(lab) == before + 1
+    assert used_addresses(lab, "10.20.19.0/24") == before + 1
     assert address(lab, "host1", "ca", "net19").startswith("10.20.19.")
     dk(lab, "host1", "rm", "-f", "ca")
-    assert used_addresses(lab) == before
+    assert used_addresses(lab, "10.20.19.0/24") == before
     assert count_keys(lab, "/warren/v1/endpoints/host1/") == 0
     assert count_keys(lab, "/warren/v1/sandboxes/host1/") == 0
     assert "consistent" in ctl(lab, "host1", "ipam", "check", "--grace", "0").stdout
